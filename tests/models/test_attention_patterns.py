@@ -1,0 +1,312 @@
+"""Attention patterns of the GPT prior: masks against literal ports of the original, attention against a dense
+masked-softmax reference, decode rows against the dense mask, causality, dropout, and memory at BAIR size."""
+from __future__ import annotations
+
+import itertools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.fixtures import rel_err
+from videogpt_jax.models import attention_patterns as ap
+from videogpt_jax.models import sparse_layout
+
+
+# ---------------------------------------------------------------- literal port of the original's layout ----
+class OriginalStridedSparsity:
+  """`videogpt/attention.py::StridedSparsityConfig` written out with the original's loops (numpy, one head)."""
+
+  def __init__(self, shape, causal, block, num_local_blocks):
+    self.shape, self.causal, self.block, self.num_local_blocks = shape, causal, block, num_local_blocks
+    self.seq_len = int(np.prod(shape))
+    assert self.seq_len % block == 0
+    self.num_blocks = self.seq_len // block
+    n_dim = len(shape)
+    cum_prod = 1
+    for i in range(n_dim - 1, -1, -1):
+      cum_prod *= shape[i]
+      if cum_prod > block:
+        break
+    assert cum_prod % block == 0
+    self.block_shape = (*shape[:i], cum_prod // block)
+    bs = np.flip(np.array(self.block_shape))
+    self.block_shape_cum = tuple(np.flip(np.cumprod(bs)[:-1])) + (1,)
+
+  def _to_flat(self, idx):
+    return sum(idx[i] * self.block_shape_cum[i] for i in range(len(self.block_shape)))
+
+  def _to_unflat(self, flat):
+    idx = []
+    for i in range(len(self.block_shape)):
+      idx.append(flat // self.block_shape_cum[i])
+      flat %= self.block_shape_cum[i]
+    return tuple(idx)
+
+  def make_layout(self):
+    nb = self.num_blocks
+    layout = np.zeros((nb, nb), np.int64)
+    for row in range(nb):
+      end = min(row + self.num_local_blocks, nb)
+      for col in range(max(0, row - self.num_local_blocks), row + 1 if self.causal else end):
+        layout[row, col] = 1
+    n_dim = len(self.block_shape)
+    for row in range(nb):
+      cur = self._to_unflat(row)
+      for d in range(n_dim - 1):
+        end = self.block_shape[d]
+        for i in range(0, cur[d] + 1 if self.causal else end):
+          new = list(cur)
+          new[d] = i
+          layout[row, self._to_flat(tuple(new))] = 1
+    return layout
+
+  def token_mask(self):
+    """Dense equivalent of the block-sparse op: allowed blocks are all ones, causal diagonal blocks are tril."""
+    layout, b = self.make_layout(), self.block
+    mask = np.zeros((self.seq_len, self.seq_len), bool)
+    for i in range(self.num_blocks):
+      for j in range(self.num_blocks):
+        if layout[i, j]:
+          tile = np.ones((b, b), bool)
+          if self.causal:
+            assert i >= j
+            if i == j:
+              tile = np.tril(tile)
+          mask[i * b:(i + 1) * b, j * b:(j + 1) * b] = tile
+    return mask
+
+
+def brute_mask(shape, attn_type, causal):
+  """Full/axial masks by enumerating coordinate pairs."""
+  coords = list(itertools.product(*[range(s) for s in shape]))
+  n = len(coords)
+  mask = np.zeros((n, n), bool)
+  for i, ci in enumerate(coords):
+    for j, cj in enumerate(coords):
+      if causal and j > i:
+        continue
+      if attn_type == "full" or sum(a != b for a, b in zip(ci, cj)) <= 1:
+        mask[i, j] = True
+  return mask
+
+
+def reference_attention(q, k, v, mask):
+  """Dense masked softmax attention in float32 at highest precision."""
+  hi = jax.lax.Precision.HIGHEST
+  s = jnp.einsum("bqnd,bknd->bnqk", q, k, precision=hi) / np.sqrt(q.shape[-1])
+  p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
+  return jnp.einsum("bnqk,bknd->bqnd", p, v, precision=hi)
+
+
+def qkv(shape, batch=2, heads=2, dim=8, seed=0, dtype=jnp.float32):
+  length = int(np.prod(shape))
+  keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return [jax.random.normal(kk, (batch, length, heads, dim), dtype) for kk in keys]
+
+
+# ------------------------------------------------------------------------------------------------ masks ----
+@pytest.mark.parametrize("shape,block,nlb", [
+    ((4, 8, 8), 32, 4), ((2, 4, 16), 32, 4), ((8, 16, 16), 32, 4), ((8, 16, 16), 16, 2), ((16, 8, 8), 32, 1),
+    ((2, 2, 8, 8), 32, 4), ((2, 8, 4, 4), 16, 3), ((64,), 8, 4)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_sparse_dense_mask_matches_original_port(shape, block, nlb, causal):
+  orig = OriginalStridedSparsity(shape, causal, block, nlb)
+  np.testing.assert_array_equal(sparse_layout.block_layout(shape, causal, block, nlb), orig.make_layout() == 1)
+  np.testing.assert_array_equal(ap.dense_mask(shape, "sparse", causal, block, nlb), orig.token_mask())
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sparse_block_layout_bair_size_matches_original_port(causal):
+  shape = (8, 32, 32)
+  orig = OriginalStridedSparsity(shape, causal, 32, 4)
+  assert sparse_layout.block_shape(shape, 32) == orig.block_shape == (8, 32)
+  layout = sparse_layout.block_layout(shape, causal, 32, 4)
+  np.testing.assert_array_equal(layout, orig.make_layout() == 1)
+  # The pattern is actually sparse at this size: at most 4 local + 8 same-position-in-earlier-frames blocks.
+  assert layout.sum(axis=1).max() <= (12 if causal else 24)
+  index, valid = sparse_layout.gather_table(shape, causal, 32, 4)
+  assert index.shape == (256, layout.sum(axis=1).max())
+  for row in range(len(layout)):
+    np.testing.assert_array_equal(index[row][valid[row]], np.flatnonzero(layout[row]))
+    assert (index[row][~valid[row]] == row).all()  # padding gathers the row's own block, masked out
+
+
+def test_sparse_rejects_bad_shapes():
+  with pytest.raises(ValueError, match="not divisible by block"):
+    ap.dense_mask((3, 5, 7), "sparse")
+  with pytest.raises(ValueError, match="not a multiple of the block"):
+    ap.dense_mask((32, 3, 12), "sparse")  # L = 36 * 32, but the trailing product 36 is not
+  with pytest.raises(ValueError, match="num_local_blocks"):
+    ap.decode_mask((4, 8, 8), "sparse", 0, num_local_blocks=0)
+  q, k, v = qkv((3, 5, 7), batch=1, heads=1)
+  with pytest.raises(ValueError, match="not divisible by block"):
+    ap.attend(q, k, v, shape=(3, 5, 7), attn_type="sparse")
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="attn_type"):
+    ap.dense_mask((2, 4, 4), "local")
+  q, k, v = qkv((2, 4, 4))
+  with pytest.raises(ValueError, match="equal shape"):
+    ap.attend(q, k, v, shape=(2, 4, 5), attn_type="full")
+  with pytest.raises(ValueError, match="dropout_rng"):
+    ap.attend(q, k, v, shape=(2, 4, 4), attn_type="axial", dropout_rate=0.1, deterministic=False)
+
+
+@pytest.mark.parametrize("attn_type", ["full", "axial"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", [(3, 4, 5), (2, 1, 6), (4, 3)])
+def test_full_axial_dense_mask_brute_force(attn_type, causal, shape):
+  np.testing.assert_array_equal(ap.dense_mask(shape, attn_type, causal), brute_mask(shape, attn_type, causal))
+
+
+@pytest.mark.parametrize("attn_type,shape,block,nlb", [
+    ("full", (3, 4, 5), 32, 4), ("axial", (3, 4, 5), 32, 4), ("axial", (2, 4, 4, 2), 32, 4),
+    ("sparse", (4, 8, 8), 32, 4), ("sparse", (8, 16, 16), 32, 4), ("sparse", (2, 8, 4, 4), 16, 3)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_decode_mask_equals_dense_row(attn_type, shape, block, nlb, causal):
+  dense = ap.dense_mask(shape, attn_type, causal, block, nlb)
+  row = jax.jit(lambda p: ap.decode_mask(shape, attn_type, p, causal, block, nlb))
+  rows = jax.vmap(row)(jnp.arange(dense.shape[0], dtype=jnp.int32))
+  assert rows.dtype == jnp.bool_
+  np.testing.assert_array_equal(np.asarray(rows), dense)
+
+
+def test_decode_mask_has_no_quadratic_intermediate():
+  shape = (8, 32, 32)
+  for attn_type in ap.ATTN_TYPES:
+    hlo = jax.jit(lambda p: ap.decode_mask(shape, attn_type, p)).lower(jnp.int32(5)).as_text()
+    assert "8192,8192" not in hlo.replace(" ", ""), attn_type
+
+
+# --------------------------------------------------------------------------------------------- attention ----
+CASES = [("full", (3, 4, 5), 32, 4), ("axial", (3, 4, 5), 32, 4), ("axial", (2, 4, 4, 2), 32, 4),
+         ("sparse", (4, 8, 8), 32, 4), ("sparse", (8, 8, 8), 16, 2), ("sparse", (2, 8, 4, 4), 16, 3)]
+
+
+@pytest.mark.parametrize("attn_type,shape,block,nlb", CASES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_attend_matches_dense_reference_with_gradients(attn_type, shape, block, nlb, causal):
+  q, k, v = qkv(shape, seed=1)
+  ct = jax.random.normal(jax.random.PRNGKey(9), q.shape)
+  mask = ap.dense_mask(shape, attn_type, causal, block, nlb)
+
+  def ours(q, k, v):
+    return ap.attend(q, k, v, shape=shape, attn_type=attn_type, causal=causal, block=block,
+                     num_local_blocks=nlb, precision=jax.lax.Precision.HIGHEST)
+
+  out, vjp = jax.vjp(jax.jit(ours), q, k, v)
+  ref, ref_vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, mask), q, k, v)
+  assert out.shape == q.shape and out.dtype == q.dtype
+  assert rel_err(out, ref) <= 1e-5
+  for g, g_ref, name in zip(vjp(ct), ref_vjp(ct), "qkv"):
+    assert rel_err(g, g_ref) <= 1e-5, name
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_full_chunked_path_matches_dense(monkeypatch, causal):
+  monkeypatch.setattr(ap, "FULL_CHUNK_THRESHOLD", 32)
+  monkeypatch.setattr(ap, "FULL_QUERY_CHUNK", 24)  # 80 tokens: chunks of 24, 24, 24, 8
+  shape = (4, 4, 5)
+  q, k, v = qkv(shape, seed=2)
+  ct = jax.random.normal(jax.random.PRNGKey(3), q.shape)
+  f = jax.jit(lambda q, k, v: ap.attend(q, k, v, shape=shape, attn_type="full", causal=causal))
+  out, vjp = jax.vjp(f, q, k, v)
+  mask = ap.dense_mask(shape, "full", causal)
+  ref, ref_vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, mask), q, k, v)
+  assert rel_err(out, ref) <= 1e-5
+  for g, g_ref in zip(vjp(ct), ref_vjp(ct)):
+    assert rel_err(g, g_ref) <= 1e-5
+
+
+@pytest.mark.parametrize("attn_type,shape,block,nlb", CASES[:1] + CASES[2:3] + CASES[4:5])
+def test_causality(attn_type, shape, block, nlb):
+  q, k, v = qkv(shape, batch=1, seed=4)
+  length = q.shape[1]
+  f = jax.jit(lambda q, k, v: ap.attend(q, k, v, shape=shape, attn_type=attn_type, block=block,
+                                        num_local_blocks=nlb))
+  base = f(q, k, v)
+  for p in (0, length // 3, length - 2):
+    later = jnp.arange(length)[None, :, None, None] > p
+    noise = jax.random.normal(jax.random.PRNGKey(p), q.shape)
+    moved = f(q, jnp.where(later, k + 3 * noise, k), jnp.where(later, v - 3 * noise, v))
+    np.testing.assert_array_equal(np.asarray(moved[:, :p + 1]), np.asarray(base[:, :p + 1]))
+    assert not np.allclose(moved[:, p + 1:], base[:, p + 1:])
+
+
+@pytest.mark.parametrize("attn_type,shape", [("full", (3, 4, 5)), ("axial", (3, 4, 5)), ("sparse", (4, 8, 8))])
+def test_dropout(attn_type, shape):
+  q, k, v = qkv(shape, seed=5)
+
+  def f(rng, rate, deterministic, v):
+    return ap.attend(q, k, v, shape=shape, attn_type=attn_type, dropout_rate=rate, dropout_rng=rng,
+                     deterministic=deterministic)
+
+  f = jax.jit(f, static_argnums=(1, 2))
+  a, b = f(jax.random.PRNGKey(0), 0.3, False, v), f(jax.random.PRNGKey(0), 0.3, False, v)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, f(jax.random.PRNGKey(1), 0.3, False, v))
+  clean = ap.attend(q, k, v, shape=shape, attn_type=attn_type)
+  assert not np.allclose(a, clean)
+  np.testing.assert_allclose(f(jax.random.PRNGKey(0), 0.0, False, v), clean, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(f(jax.random.PRNGKey(0), 0.3, True, v), clean, rtol=1e-6, atol=1e-6)
+  # Inverted dropout keeps the probabilities unbiased: with v = 1 the output is the kept mass / (1 - rate).
+  mass = f(jax.random.PRNGKey(7), 0.3, False, jnp.ones_like(v))
+  assert abs(float(mass.mean()) - 1.0) < 0.05
+  assert float(mass.std()) > 0.05
+
+
+def test_dropout_chunked_full(monkeypatch):
+  monkeypatch.setattr(ap, "FULL_CHUNK_THRESHOLD", 32)
+  monkeypatch.setattr(ap, "FULL_QUERY_CHUNK", 24)
+  shape = (4, 4, 5)
+  q, k, v = qkv(shape, seed=6)
+  f = jax.jit(lambda rng: ap.attend(q, k, jnp.ones_like(v), shape=shape, attn_type="full", dropout_rate=0.3,
+                                    dropout_rng=rng, deterministic=False))
+  np.testing.assert_array_equal(f(jax.random.PRNGKey(0)), f(jax.random.PRNGKey(0)))
+  mass = f(jax.random.PRNGKey(1))
+  assert abs(float(mass.mean()) - 1.0) < 0.05 and float(mass.std()) > 0.05
+
+
+@pytest.mark.parametrize("attn_type,shape", [("full", (3, 4, 5)), ("axial", (3, 4, 5)), ("sparse", (4, 8, 8))])
+def test_bfloat16_inputs(attn_type, shape):
+  q, k, v = qkv(shape, seed=8)
+  out = ap.attend(*(x.astype(jnp.bfloat16) for x in (q, k, v)), shape=shape, attn_type=attn_type)
+  assert out.dtype == jnp.bfloat16
+  ref = reference_attention(q, k, v, ap.dense_mask(shape, attn_type))
+  assert rel_err(out.astype(jnp.float32), ref) < 3e-2
+
+
+# ------------------------------------------------------------------------------------- memory at BAIR size ----
+def _largest_buffer_elems(hlo: str) -> int:
+  largest = 0
+  for dims in re.findall(r"\[([0-9,]+)\]", hlo):
+    largest = max(largest, int(np.prod([int(d) for d in dims.split(",") if d])))
+  return largest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attn_type", ["sparse", "axial", "full"])
+def test_bair_size_memory_is_subquadratic(attn_type):
+  shape, length = (8, 32, 32), 8192
+  q, k, v = qkv(shape, batch=1, heads=4, dim=32, seed=10)
+
+  def loss(q, k, v):
+    return jnp.sum(ap.attend(q, k, v, shape=shape, attn_type=attn_type) ** 2)
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  compiled = step.lower(q, k, v).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  dense_scores = 4 * length * length * 4  # the (N, L, L) float32 scores of dense attention: 1 GiB
+  largest = _largest_buffer_elems(compiled.as_text())
+  print(f"{attn_type}: temp {temp / 2**20:.0f} MiB, largest buffer {largest} elements")
+  assert temp < dense_scores // 2
+  if attn_type == "full":  # query-chunked: one (N, chunk, L) score tensor live, rematerialised in the backward
+    assert largest <= 4 * ap.FULL_QUERY_CHUNK * length
+  else:  # linear in L: the widest row of scores is A * block = 384 keys (sparse) or T + H + W = 72 (axial)
+    assert largest <= 4 * length * 384
+  value, grads = step(q, k, v)
+  assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in grads)
