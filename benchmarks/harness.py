@@ -1,0 +1,219 @@
+"""Shared measurement helpers for the benchmarks: timing, compile time, memory, matmul peak, JSON results.
+
+Every benchmark reports the median of >= 5 steps after warm-up, the compile time separately, the process's
+peak resident memory and XLA's compiled memory analysis, and the machine's measured float32 matmul rate so
+that model-FLOPs utilisation can be read against what this machine actually does.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def block(tree):
+  return jax.tree_util.tree_map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
+
+
+def compile_fn(fn, *args, **jit_kwargs) -> tuple[Any, float, dict[str, Any]]:
+  """AOT-compiles `jax.jit(fn)` for `args`; returns (compiled, compile seconds, cost + memory analysis)."""
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+  seconds = time.perf_counter() - t0
+  return compiled, seconds, analysis(compiled)
+
+
+def analysis(compiled) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    out["flops"] = float(cost.get("flops", 0.0))
+    out["bytes_accessed"] = float(cost.get("bytes accessed", 0.0))
+  except Exception:  # pylint: disable=broad-except  # some backends have no cost model
+    pass
+  try:
+    mem = compiled.memory_analysis()
+    out["temp_bytes"] = int(mem.temp_size_in_bytes)
+    out["argument_bytes"] = int(mem.argument_size_in_bytes)
+    out["output_bytes"] = int(mem.output_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return out
+
+
+def time_steps(step: Callable[[], Any], *, warmup: int = 2, repeats: int = 5) -> dict[str, float]:
+  """Median/min/max wall seconds of `step()` (which must return JAX values) after `warmup` calls."""
+  for _ in range(warmup):
+    block(step())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    block(step())
+    times.append(time.perf_counter() - t0)
+  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+  """Measured float32 matmul rate in FLOP/s for an n x n jitted matmul on the default device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  t = time_steps(lambda: f(a, b), warmup=3, repeats=repeats)
+  return 2.0 * n ** 3 / t["median_s"]
+
+
+def peak_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def machine_info() -> dict[str, Any]:
+  return {
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+  }
+
+
+def write_results(name: str, payload: dict[str, Any]) -> pathlib.Path:
+  RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+  path = RESULTS_DIR / f"{name}.json"
+  payload = {"machine": machine_info(), **payload}
+  path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+  print(f"wrote {path}")
+  return path
+
+
+# ------------------------------------------------------------------------------------ model-level benchmarks ----
+# Added for vqvae_bench / prior_bench / sampling_bench: per-workload peak RSS, deadline-aware timing, and a
+# results file rewritten after every row so an interrupted run keeps what finished.
+
+
+def reset_peak_rss() -> bool:
+  """Resets the kernel's peak-RSS counter (VmHWM) of this process; False where /proc does not allow it."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+def _proc_status_bytes(field: str) -> int | None:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def peak_rss_since_reset_bytes() -> int:
+  """VmHWM (peak resident memory since the last `reset_peak_rss`), falling back to the lifetime peak."""
+  hwm = _proc_status_bytes("VmHWM")
+  return hwm if hwm is not None else peak_rss_bytes()
+
+
+def parse_deadline(text: str | None) -> float | None:
+  """'HH:MM' (UTC, today) or seconds since the epoch -> epoch seconds; None/'' -> no deadline."""
+  if not text:
+    return None
+  if ":" in text:
+    hh, mm = (int(p) for p in text.split(":"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+  return float(text)
+
+
+def seconds_left(deadline: float | None) -> float:
+  return float("inf") if deadline is None else deadline - time.time()
+
+
+def time_steps_until(step: Callable[[], Any], *, warmup: int = 1, repeats: int = 5,
+                     deadline: float | None = None) -> dict[str, Any]:
+  """`time_steps`, but gives up (returning what it has and a `skipped` reason) when the remaining warm-up and
+  `repeats` timed steps would not finish before `deadline` (the first warm-up step is the estimate)."""
+  t0 = time.perf_counter()
+  block(step())
+  first = time.perf_counter() - t0
+  if first * (warmup - 1 + repeats) > seconds_left(deadline):
+    return {"first_step_s": first, "skipped": f"{repeats} steps of ~{first:.1f} s would pass the deadline"}
+  for _ in range(warmup - 1):
+    block(step())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    block(step())
+    times.append(time.perf_counter() - t0)
+  return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats,
+          "first_step_s": first, "times_s": times}
+
+
+def measure(fn: Callable, args: tuple, *, stateful: bool = False, warmup: int = 1, repeats: int = 5,
+            deadline: float | None = None, matmul_flops: float | None = None, **jit_kwargs) -> dict[str, Any]:
+  """Compiles `fn(*args)`, times it and records memory: one row of a model-level benchmark.
+
+  `stateful`: `fn(state, *rest) -> (state, metrics)` with `state` donated; each timed call feeds the previous
+  state back. The row holds the compile time, XLA's cost and memory analysis, the median step time, the peak
+  RSS of compiling and of running (each since a reset of the kernel's counter) and, given `matmul_flops`,
+  the model-FLOPs utilisation `flops / median_s / matmul_flops` (XLA's flops count a loop body once).
+  """
+  rss_before = _proc_status_bytes("VmRSS")
+  reset_peak_rss()
+  if stateful:
+    jit_kwargs.setdefault("donate_argnums", (0,))
+  compiled, compile_s, info = compile_fn(fn, *args, **jit_kwargs)
+  row: dict[str, Any] = {"compile_s": compile_s, **info, "rss_before_bytes": rss_before,
+                         "rss_compile_peak_bytes": peak_rss_since_reset_bytes()}
+  reset_peak_rss()
+  if stateful:
+    carry = {"state": args[0]}
+
+    def step():
+      carry["state"], metrics = compiled(carry["state"], *args[1:])
+      return carry["state"], metrics
+  else:
+    def step():
+      return compiled(*args)
+  row.update(time_steps_until(step, warmup=warmup, repeats=repeats, deadline=deadline))
+  row["rss_run_peak_bytes"] = peak_rss_since_reset_bytes()
+  row["rss_now_bytes"] = _proc_status_bytes("VmRSS")
+  if matmul_flops and "median_s" in row and row.get("flops"):
+    row["achieved_flops_per_s"] = row["flops"] / row["median_s"]
+    row["mfu_vs_measured_matmul"] = row["achieved_flops_per_s"] / matmul_flops
+  return row
+
+
+class Recorder:
+  """Rows of one benchmark script; rewrites `results/<name>.json` after every row (partial runs stay usable)."""
+
+  def __init__(self, name: str, header: dict[str, Any]):
+    self.name, self.header, self.rows = name, header, []
+
+  def add(self, row: dict[str, Any]) -> dict[str, Any]:
+    row = {**row, "load_average_1m": os.getloadavg()[0]}
+    self.rows.append(row)
+    self.write()
+    return row
+
+  def write(self) -> pathlib.Path:
+    return write_results(self.name, {**self.header, "rows": self.rows})
