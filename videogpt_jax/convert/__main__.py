@@ -1,0 +1,77 @@
+"""Converts an original VideoGPT checkpoint into a videogpt_jax (Orbax) checkpoint.
+
+    python -m videogpt_jax.convert --input=bair_stride4x2x2.ckpt --output=/ckpt/bair_vqvae --kind=vqvae
+
+The output directory is a `videogpt_jax.checkpointing.Checkpointer` directory with one step (0) whose `state` is
+the Flax variables (`params`, `batch_stats`, `codebook` for a VQ-VAE) and whose `config` is
+`{"kind", "args", "source"}` (`args`: the original's hyperparameters, enough to rebuild the module).
+The input is read with `torch.load(weights_only=True)`: files that would execute code when unpickled are refused.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Any
+
+from absl import app, flags, logging
+
+from videogpt_jax.convert import checkpoint_io
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input", None, "Original checkpoint: Lightning .ckpt or a torch.save'd state dict (.pt).")
+flags.DEFINE_string("output", None, "Output directory for the Orbax checkpoint.")
+flags.DEFINE_enum("kind", "vqvae", checkpoint_io.KINDS, "Which model to convert.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing, non-empty output directory.")
+flags.DEFINE_string("args_json", None,
+                    "JSON object of constructor arguments to add to (or override) those stored in the input "
+                    "(needed for plain state dicts, which store none).")
+
+
+def convert(input_path: str | pathlib.Path, output: str | pathlib.Path, kind: str = "vqvae",
+            overwrite: bool = False, extra_args: dict[str, Any] | None = None) -> pathlib.Path:
+  """Reads `input_path`, converts it, writes step 0 of a Checkpointer directory at `output`; returns `output`."""
+  output = pathlib.Path(output).absolute()
+  if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    if not overwrite:
+      raise FileExistsError(f"output {output} already exists and is not empty; pass --overwrite to replace it")
+    logging.info("removing existing %s", output)
+    shutil.rmtree(output) if output.is_dir() else output.unlink()
+
+  logging.info("reading %s (%s)", input_path, kind)
+  state_dict, hparams = checkpoint_io.read_checkpoint(input_path, kind)
+  hparams = {**hparams, **(extra_args or {})}
+  logging.info("read %d tensors; hyperparameters: %s", len(state_dict), hparams)
+
+  from videogpt_jax.convert import torch_videogpt  # noqa: PLC0415 (heavy: JAX/Flax)
+  if kind == "vqvae":
+    module, variables = torch_videogpt.load_vqvae(state_dict, **hparams)
+  else:
+    if not hasattr(torch_videogpt, "load_gpt"):
+      raise NotImplementedError("GPT conversion needs videogpt_jax/convert/torch_gpt.py (load_gpt)")
+    module, variables = torch_videogpt.load_gpt(state_dict, **hparams)
+  logging.info("converted to %s", type(module).__name__)
+
+  from videogpt_jax.checkpointing import Checkpointer  # noqa: PLC0415
+  ckpt = Checkpointer(output, max_to_keep=1, async_save=False)
+  config = {"kind": kind, "args": json.loads(json.dumps(hparams, default=str)), "source": str(input_path)}
+  ckpt.save(0, variables, config=config)
+  ckpt.close()
+  logging.info("wrote %s", output)
+  return output
+
+
+def main(argv):
+  del argv
+  logging.set_stderrthreshold("info")  # Progress lines on the console.
+  if not FLAGS.input or not FLAGS.output:
+    raise app.UsageError("--input and --output are required")
+  extra = json.loads(FLAGS.args_json) if FLAGS.args_json else None
+  if extra is not None and not isinstance(extra, dict):
+    raise app.UsageError("--args_json must be a JSON object")
+  out = convert(FLAGS.input, FLAGS.output, FLAGS.kind, FLAGS.overwrite, extra)
+  print(f"converted {FLAGS.input} ({FLAGS.kind}) -> {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)
