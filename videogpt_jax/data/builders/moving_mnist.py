@@ -103,6 +103,8 @@ class MovingMnist(_common.SkipLogMixin, tfds.core.GeneratorBasedBuilder, skip_re
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   BUILDER_CONFIGS = [
       MovingMnistConfig(name="default", description="10,000 train / 1,000 test sequences of 20 frames."),
+      MovingMnistConfig(name="small", description="2,000 train / 256 test sequences of 20 frames (the demo).",
+                        num_train=2_000, num_test=256),
       MovingMnistConfig(name="tiny", description="32 train / 16 test sequences of 20 frames (tests, demos).",
                         num_train=32, num_test=16),
       MovingMnistConfig(name="official", description=f"The published {OFFICIAL_FILE} as a `test` split.",
