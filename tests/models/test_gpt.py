@@ -1,0 +1,228 @@
+"""GPT prior: parity with the original (logits, loss, intermediates, frame encoder) and model properties."""
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import fixtures
+from videogpt_jax.convert.torch_gpt import load_gpt
+from videogpt_jax.models import gpt as gpt_lib
+from videogpt_jax.models.gpt import GPT
+
+VARIANTS = ("uncond", "framecond", "classcond")
+TOL = 1e-5
+
+
+@functools.lru_cache(maxsize=None)
+def original(variant: str):
+  """`(arrays, module, variables, cond_kwargs)` of fixture `gpt_small_<variant>.npz`, imported with load_gpt."""
+  z, meta = fixtures.load(f"gpt_small_{variant}.npz")
+  args = dict(meta["hparams"]["args"])
+  for k, v in meta["hparams"]["vqvae_args"].items():
+    args.setdefault(k, v)
+  sd = fixtures.state_dict(z)
+  vq, _ = fixtures.load("vqvae_small.npz")
+  sd.update(fixtures.state_dict(vq, prefix="vqvae."))
+  module, variables = load_gpt(sd, **args)
+  kw = {}
+  if "cond_frames" in z.files:
+    kw["cond_frames"] = jnp.asarray(fixtures.nthwc(z["cond_frames"]))
+  if "labels" in z.files:
+    kw["labels"] = jnp.asarray(z["labels"], jnp.int32)
+  return z, module, variables, kw
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_with_intermediates(variant: str):
+  z, module, variables, kw = original(variant)
+  fn = jax.jit(lambda v, c, kw: module.apply(v, c, mutable=["intermediates"], **kw))
+  logits, state = fn(variables, jnp.asarray(z["codes"], jnp.int32), kw)
+  return np.asarray(logits), jax.tree.map(np.asarray, state["intermediates"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_and_loss_match_original(variant):
+  z, *_ = original(variant)
+  logits, _ = _forward_with_intermediates(variant)
+  assert logits.shape == z["logits"].shape
+  assert fixtures.rel_err(logits, z["logits"]) < TOL
+  nats = float(gpt_lib.loss(jnp.asarray(logits), jnp.asarray(z["codes"])))
+  assert abs(nats - float(z["loss"])) / float(z["loss"]) < TOL
+  assert abs(nats - float(z["training_step_loss"])) / float(z["loss"]) < TOL
+  assert float(gpt_lib.bits_per_dim(nats)) == pytest.approx(float(z["loss"]) / math.log(2), rel=TOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_intermediates_match_original(variant):
+  z, module, *_ = original(variant)
+  _, inter = _forward_with_intermediates(variant)
+  names = ["fc_in_out", "attn_stack_input", *[f"block{i}_out" for i in range(module.layers)], "attn_stack_out",
+           "final_norm_out"]
+  for name in names:
+    assert fixtures.rel_err(inter[name][0], z[f"intermediate/{name}"]) < TOL, name
+  if variant == "framecond":
+    for name in ("frame_cond_resnet_out", "frame_cond_embd"):
+      assert inter[name][0].shape == z[name].shape
+      assert fixtures.rel_err(inter[name][0], z[name]) < TOL, name
+  else:
+    assert "frame_cond_resnet_out" not in inter
+
+
+def tiny_gpt(attn_type: str = "full", **overrides) -> tuple[GPT, dict]:
+  """A small random prior over a `(4, 8, 8)` grid (256 tokens: 8 blocks of the sparse pattern)."""
+  kw = dict(shape=(4, 8, 8), n_codes=16, embedding_dim=8, hidden_dim=24, heads=2, layers=2, attn_type=attn_type,
+            dropout=0.0, attn_dropout=0.0)
+  kw.update(overrides)
+  module = GPT(**kw)
+  # Parameters do not depend on the attention pattern or the dropout rates: initialise once per architecture.
+  return module, _tiny_variables(module.clone(attn_type="full", dropout=0.0, attn_dropout=0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_variables(module: GPT) -> dict:
+  example = {"codes": jnp.zeros((1, *module.shape), jnp.int32)}
+  if module.n_cond_frames:
+    example["cond_frames"] = jnp.zeros((1, module.n_cond_frames, *module.frame_shape, 3))
+  if module.class_cond_dim:
+    example["labels"] = jnp.zeros((1,), jnp.int32)
+  variables = nn.meta.unbox(jax.jit(lambda key: module.init(key, **example))(jax.random.PRNGKey(0)))
+  # fc_out is zero-initialised as in the original; random weights make the logits depend on the input.
+  variables["params"]["fc_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(1),
+                                                              variables["params"]["fc_out"]["kernel"].shape)
+  return variables
+
+
+def random_codes(module: GPT, batch: int = 2, seed: int = 0) -> jax.Array:
+  return jax.random.randint(jax.random.PRNGKey(seed), (batch, *module.shape), 0, module.n_codes, jnp.int32)
+
+
+@pytest.mark.parametrize("attn_type", ["full", "axial", "sparse"])
+def test_causality(attn_type):
+  """Changing the token at p never changes the logits at positions <= p (they predict tokens <= p)."""
+  module, variables = tiny_gpt(attn_type)
+  jitted = jax.jit(lambda v, c: module.apply(v, c).reshape(c.shape[0], module.seq_len, -1))
+  fn = lambda c: jitted(variables, c)  # noqa: E731
+  codes = random_codes(module)
+  base = np.asarray(fn(codes))
+  for p in (0, 37, 100, 200):
+    flat = codes.reshape(2, -1)
+    changed = flat.at[:, p].set((flat[:, p] + 1) % module.n_codes).reshape(codes.shape)
+    out = np.asarray(fn(changed))
+    np.testing.assert_array_equal(out[:, :p + 1], base[:, :p + 1])
+    # p + 1 attends to p under every pattern (same row, same local block), so the change is visible there.
+    assert np.abs(out[:, p + 1] - base[:, p + 1]).max() > 1e-4
+
+
+def test_dropout_only_when_not_deterministic():
+  module, variables = tiny_gpt(dropout=0.3, attn_dropout=0.3)
+  codes = random_codes(module)
+  jitted = jax.jit(lambda v, key, det: module.apply(v, codes, deterministic=det, rngs={"dropout": key}),
+                   static_argnums=2)
+  run = lambda key, det: jitted(variables, key, det)  # noqa: E731
+  k1, k2 = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
+  clean = np.asarray(run(k1, True))
+  np.testing.assert_array_equal(np.asarray(run(k2, True)), clean)
+  np.testing.assert_allclose(np.asarray(module.apply(variables, codes)), clean, rtol=1e-5, atol=1e-5)
+  a, b, a2 = np.asarray(run(k1, False)), np.asarray(run(k2, False)), np.asarray(run(k1, False))
+  assert np.abs(a - clean).max() > 1e-3 and np.abs(a - b).max() > 1e-3
+  np.testing.assert_array_equal(a, a2)
+
+
+def test_remat_gives_same_logits_and_gradients():
+  module, variables = tiny_gpt()
+  remat = module.clone(remat=True)
+  codes = random_codes(module)
+
+  def loss_fn(m):
+    return jax.jit(jax.value_and_grad(lambda p: gpt_lib.loss(m.apply({**variables, "params": p}, codes), codes)))
+
+  (l1, g1), (l2, g2) = loss_fn(module)(variables["params"]), loss_fn(remat)(variables["params"])
+  assert float(l1) == pytest.approx(float(l2), rel=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Dropout inside the rematerialised blocks draws the same masks.
+  drop, drop_remat = module.clone(dropout=0.3), remat.clone(dropout=0.3)
+  run = jax.jit(lambda v, key: (drop.apply(v, codes, deterministic=False, rngs={"dropout": key}),
+                                drop_remat.apply(v, codes, deterministic=False, rngs={"dropout": key})))
+  a, b = run(variables, jax.random.PRNGKey(3))
+  np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  module, variables = tiny_gpt()
+  codes = random_codes(module)
+  bf16 = module.clone(dtype=jnp.bfloat16)
+  shapes = jax.eval_shape(lambda: nn.meta.unbox(bf16.init(jax.random.PRNGKey(0), codes[:1])))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes["params"]))
+  out, ref = jax.jit(lambda v, c: (bf16.apply(v, c), module.apply(v, c)))(variables, codes)
+  assert out.dtype == jnp.float32
+  assert 1e-6 < fixtures.rel_err(out, ref) < 5e-2  # bf16 really used, and still close
+
+
+def test_params_carry_logical_axis_names():
+  module = GPT(shape=(2, 4, 4), n_codes=16, embedding_dim=8, hidden_dim=24, heads=2, layers=1, n_cond_frames=1,
+               frame_shape=(8, 8), class_cond_dim=3)
+  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 4, 4), jnp.int32),
+                                             cond_frames=jnp.zeros((1, 1, 8, 8, 3)),
+                                             labels=jnp.zeros((1,), jnp.int32)))
+  specs = nn.get_partition_spec(boxed)["params"]
+  assert tuple(specs["fc_out"]["kernel"]) == ("embed", "vocab")
+  assert tuple(specs["blocks_0"]["attn"]["w_qs"]["kernel"]) == ("embed", "heads")
+  assert tuple(specs["blocks_0"]["fc1"]["kernel"]) == ("embed", "mlp")
+  assert tuple(specs["resnet"]["group1"]["start_block"]["conv1"]["kernel"]) == (
+      "conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
+  vocab = {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "codebook", "conv_in", "conv_out", "conv_k",
+           "norm", None}
+  leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) and set(x.names) <= vocab for x in leaves)
+  assert "codebook" in boxed and boxed["codebook"]["embeddings"].shape == (16, 8)
+
+
+def test_bad_inputs_raise_clear_errors():
+  module = GPT(shape=(4, 8, 8), n_codes=16, embedding_dim=8, hidden_dim=24, heads=2, layers=1, class_cond_dim=3)
+  codes = jnp.zeros((2, 4, 8, 8), jnp.int32)
+  labels = jnp.zeros((2,), jnp.int32)
+
+  def init(m=module, c=codes, **kw):
+    return jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), c, **kw))
+
+  init(labels=labels)  # the valid call works
+  with pytest.raises(ValueError, match="labels"):
+    init()
+  with pytest.raises(ValueError, match="codes must be"):
+    init(c=codes[:, :2], labels=labels)
+  with pytest.raises(ValueError, match="cond_frames"):
+    init(labels=labels, cond_frames=jnp.zeros((2, 1, 8, 8, 3)))
+  with pytest.raises(ValueError, match="attn_type"):
+    init(module.clone(class_cond_dim=None, attn_type="local"))
+  with pytest.raises(ValueError, match="divide by 3"):
+    init(module.clone(class_cond_dim=None, hidden_dim=32))
+  with pytest.raises(ValueError, match="frame_shape"):
+    init(module.clone(class_cond_dim=None, n_cond_frames=1), cond_frames=jnp.zeros((2, 1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize("frames,strides", [(1, (1, 1, 1)), (1, (1, 2, 2)), (3, (1, 1, 1)), (3, (1, 2, 2))])
+def test_frame_encoder_conv_is_pytorch_padding_1(frames, strides):
+  """Every formulation of the ResNet conv equals one 3-D convolution with symmetric padding 1."""
+  from videogpt_jax.models.conditioning import Conv3d
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, frames, 8, 8, 4))
+  conv = Conv3d(5, 3, strides)
+  variables = conv.init(jax.random.PRNGKey(1), x)
+  kernel = nn.meta.unbox(variables)["params"]["kernel"]
+  ref = jax.lax.conv_general_dilated(x, kernel, strides, [(1, 1)] * 3,
+                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+  out = conv.apply(variables, x)
+  assert out.shape == ref.shape
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_codebook_is_a_clear_error():
+  module, variables = tiny_gpt()
+  with pytest.raises(ValueError, match=r"variables\['codebook'\]\['embeddings'\]"):
+    module.apply({"params": variables["params"]}, random_codes(module))

@@ -1,0 +1,158 @@
+"""Frame-conditioning encoder of the GPT prior: the original's 3D ResNet-34 with channel LayerNorm.
+
+Input: the first `n_cond_frames` frames `(B, n, H, W, 3)` in [-0.5, 0.5]. Output: `(B, n, H/4, W/4, out_dim)`.
+Differences from a textbook ResNet that the original has and that checkpoints depend on:
+  - every norm is a LayerNorm over channels (eps 1e-5 inside the square root), not BatchNorm;
+  - convolutions use symmetric zero padding 1 (k=3) or 0 (k=1);
+  - a residual block is `relu(relu(LN(conv2(relu(LN(conv1 x))))) + shortcut)`: a ReLU *before* the add too;
+  - the first block of every group has a projection shortcut `LN(conv1x1(x, stride))`, even at stride 1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from videogpt_jax.models import conv_ops
+
+_DIMS = ("NDHWC", "DHWIO", "NDHWC")
+_CONV_NAMES = ("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
+
+
+class Conv3d(nn.Module):
+  """Bias-free 3D convolution with the PyTorch `padding=(k-1)//2` of the original ResNet.
+
+  Attributes:
+    features: output channels.
+    kernel_size: cubic kernel extent (1 or 3).
+    strides: per-axis strides `(sT, sH, sW)`.
+    dtype: compute dtype.
+  """
+  features: int
+  kernel_size: int
+  strides: tuple[int, int, int] = (1, 1, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    # PyTorch's default Conv3d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, _CONV_NAMES),
+                        (k, k, k, x.shape[-1], self.features))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if x.shape[1] == 1 and self.strides[0] == 1 and k > 1:
+      # A single conditioning frame (BAIR's setting): the outer temporal taps only ever see zero padding, so
+      # the exact result is a 2-D convolution with the centre tap, a third of the work.
+      pad = (k - 1) // 2
+      y = lax.conv_general_dilated(x[:, 0], kernel[k // 2], window_strides=tuple(self.strides[1:]),
+                                   padding=[(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      return y[:, None]
+    if tuple(self.strides) == (1, 1, 1):
+      # For odd k at stride 1 the original-padding conv of `conv_ops` pads (k-1)/2 on both sides, exactly
+      # PyTorch's padding here, and it picks the fastest formulation for the backend.
+      return conv_ops.conv3d(x, kernel, (1, 1, 1))
+    pad = (k - 1) // 2
+    return lax.conv_general_dilated(x, kernel, window_strides=tuple(self.strides), padding=[(pad, pad)] * 3,
+                                    dimension_numbers=_DIMS)
+
+
+class NormReLU(nn.Module):
+  """Channel LayerNorm (float32 statistics, PyTorch eps 1e-5) then optional ReLU."""
+  relu: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=jnp.float32, param_dtype=jnp.float32,
+                     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                     name="norm")(x.astype(jnp.float32))
+    if self.relu:
+      y = nn.relu(y)
+    return y.astype(self.dtype)
+
+
+class ResidualBlock(nn.Module):
+  """Basic 3x3x3 residual block (see the module docstring for the original's quirks)."""
+  filters: int
+  strides: tuple[int, int, int] = (1, 1, 1)
+  use_projection: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shortcut = x
+    if self.use_projection:
+      shortcut = Conv3d(self.filters, 1, self.strides, self.dtype, name="proj_conv")(x)
+      shortcut = NormReLU(relu=False, dtype=self.dtype, name="proj_norm")(shortcut)
+    x = Conv3d(self.filters, 3, self.strides, self.dtype, name="conv1")(x)
+    x = NormReLU(dtype=self.dtype, name="norm1")(x)
+    x = Conv3d(self.filters, 3, (1, 1, 1), self.dtype, name="conv2")(x)
+    x = NormReLU(dtype=self.dtype, name="norm2")(x)
+    return nn.relu(x + shortcut)
+
+
+class BlockGroup(nn.Module):
+  """`blocks` residual blocks; the first one strides and projects."""
+  filters: int
+  blocks: int
+  strides: tuple[int, int, int]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = ResidualBlock(self.filters, self.strides, use_projection=True, dtype=self.dtype, name="start_block")(x)
+    for i in range(1, self.blocks):
+      x = ResidualBlock(self.filters, dtype=self.dtype, name=f"blocks_{i - 1}")(x)
+    return x
+
+
+def group_strides(stride: Sequence[int], n_groups: int = 3) -> list[tuple[int, int, int]]:
+  """Strides of groups 2..4 in the original's schedule: halve every axis that still needs downsampling."""
+  remaining = []
+  for s in stride:
+    if s < 1 or 2 ** int(round(math.log2(s))) != s:
+      raise ValueError(f"frame encoder stride must be powers of 2 per axis, got {tuple(stride)}")
+    remaining.append(int(round(math.log2(s))))
+  out = []
+  for _ in range(n_groups):
+    out.append(tuple(2 if r > 0 else 1 for r in remaining))
+    remaining = [r - 1 for r in remaining]
+  if any(r > 0 for r in remaining):
+    raise ValueError(f"frame encoder stride {tuple(stride)} needs more than {n_groups} halvings on some axis")
+  return out
+
+
+class FrameEncoder(nn.Module):
+  """ResNet-34 3D (blocks [3, 4, 6, 3], widths 64/128/256/out_dim, 3x3x3 stem), channels-last.
+
+  Attributes:
+    out_dim: output channels (240 in the original).
+    stride: overall downsampling `(sT, sH, sW)` ((1, 4, 4) in the original).
+    blocks: residual blocks per group.
+    width: channels of the stem and the first group.
+    dtype: compute dtype (norm statistics stay float32).
+  """
+  out_dim: int = 240
+  stride: tuple[int, int, int] = (1, 4, 4)
+  blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, frames: jax.Array) -> jax.Array:
+    """frames `(B, n, H, W, 3)` -> `(B, n / sT, H / sH, W / sW, out_dim)`."""
+    if frames.ndim != 5 or frames.shape[-1] != 3:
+      raise ValueError(f"cond_frames must be (B, n, H, W, 3), got shape {frames.shape}")
+    s2, s3, s4 = group_strides(self.stride)
+    x = Conv3d(self.width, 3, (1, 1, 1), self.dtype, name="stem_conv")(frames)
+    x = NormReLU(dtype=self.dtype, name="stem_norm")(x)
+    widths = (self.width, 2 * self.width, 4 * self.width, self.out_dim)
+    for i, (w, n, s) in enumerate(zip(widths, self.blocks, ((1, 1, 1), s2, s3, s4))):
+      x = BlockGroup(w, n, s, self.dtype, name=f"group{i + 1}")(x)
+    return x

@@ -1,0 +1,200 @@
+"""Multi-head self- and cross-attention of the GPT prior, with a KV-cache decode path.
+
+Layouts: token sequences `(B, L, C)` in raster order over the latent grid `shape = (t, h, w)`; per-head tensors
+`(B, L, heads, d)`. Heads are split head-major (channel `= head * d + j`), as in the original, so imported
+projection weights need no permutation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videogpt_jax.models import attention_patterns
+
+ATTN_TYPES = attention_patterns.ATTN_TYPES
+# Added to masked scores instead of -inf: exp underflows to exactly 0 in float32, and a row can never be fully
+# masked (every query sees itself), so the result equals the -inf version without NaN hazards.
+_MASKED = -1e30
+
+
+def normal_init(std: float):
+  """N(0, std^2), the init the original sets explicitly on its attention projections."""
+  return nn.initializers.normal(stddev=std)
+
+
+def uniform_init(bound: float):
+  """U(-bound, bound): PyTorch's default Linear init (weight and bias) for fan_in = 1 / bound**2."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def dense(features: int, names: tuple[str | None, str | None], kernel_init, *, use_bias: bool = False,
+          bias_init=None, dtype: Any = jnp.float32, name: str | None = None) -> nn.Dense:
+  """`nn.Dense` with logical axis names on its kernel (and bias), float32 parameters, `dtype` compute."""
+  kwargs = {}
+  if use_bias:
+    kwargs["bias_init"] = nn.with_logical_partitioning(bias_init or nn.initializers.zeros, (names[1],))
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.with_logical_partitioning(kernel_init, names), name=name, **kwargs)
+
+
+def split_heads(x: jax.Array, heads: int) -> jax.Array:
+  """`(B, L, heads * d)` -> `(B, L, heads, d)`, head-major."""
+  return einops.rearrange(x, "b l (h d) -> b l h d", h=heads)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+  """`(B, L, heads, d)` -> `(B, L, heads * d)`."""
+  return einops.rearrange(x, "b l h d -> b l (h d)")
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Plain attention with a float32 softmax. q `(B, Lq, H, dk)`, k `(B, Lk, H, dk)`, v `(B, Lk, H, dv)`.
+
+  mask broadcasts to `(B, H, Lq, Lk)` (True = attend). Returns `(B, Lq, H, dv)` in v's dtype.
+  """
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+  if mask is not None:
+    scores = jnp.where(mask, scores, _MASKED)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class SelfAttention(nn.Module):
+  """Causal multi-head self-attention over the raster-flattened latent grid.
+
+  q/k/v projections have no bias (init N(0, 1/sqrt(hidden))); the output projection `fc` has one (weight init
+  N(0, 1/sqrt(hidden * n_layer))). The mask (full / axial / block-sparse) is `attention_patterns`' job; the
+  same weights serve every `attn_type`.
+
+  Attention dropout follows the original, whose DeepSpeed sparse kernel ignores `attn_dropout`: it applies to
+  "full" and "axial" (a pattern the original's prior does not have) and not to "sparse".
+
+  Attributes:
+    shape: latent grid `(t, h, w)`.
+    hidden_dim: model width C.
+    heads: number of heads (C must divide by it).
+    n_layer: depth of the stack (scales the output projection's init).
+    attn_type: "full", "axial" or "sparse".
+    attn_dropout: dropout rate on the attention probabilities (not applied by "sparse").
+    dtype: compute dtype.
+  """
+  shape: tuple[int, int, int]
+  hidden_dim: int
+  heads: int
+  n_layer: int
+  attn_type: str = "full"
+  attn_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.hidden_dim
+    self.w_qs = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
+    self.w_ks = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
+    self.w_vs = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
+    self.fc = dense(c, ("heads", "embed"), normal_init(1 / np.sqrt(c * self.n_layer)), use_bias=True,
+                    bias_init=uniform_init(1 / np.sqrt(c)), dtype=self.dtype)
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_dim // self.heads
+
+  @property
+  def _dropout_rate(self) -> float:
+    return 0.0 if self.attn_type == "sparse" else self.attn_dropout
+
+  def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return (split_heads(self.w_qs(x), self.heads), split_heads(self.w_ks(x), self.heads),
+            split_heads(self.w_vs(x), self.heads))
+
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    """x `(B, L, C)` in raster order, `L = t*h*w` -> `(B, L, C)`."""
+    q, k, v = self._qkv(x)
+    rate = self._dropout_rate
+    rng = self.make_rng("dropout") if (not deterministic and rate > 0) else None
+    out = attention_patterns.attend(q, k, v, shape=self.shape, attn_type=self.attn_type, causal=True,
+                                    dropout_rate=rate, dropout_rng=rng, deterministic=deterministic)
+    return self.fc(merge_heads(out.astype(self.dtype)))
+
+  def decode(self, x: jax.Array, cache: dict[str, jax.Array], pos: jax.Array
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One decoding step at raster position `pos` (traced int).
+
+    Args:
+      x: `(B, 1, C)`, the input token at `pos`.
+      cache: `{"k": (B, heads, d, L), "v": (B, heads, L, d)}`; entries after `pos` are never read.
+      pos: scalar int.
+
+    Returns:
+      `(B, 1, C)` and the cache with this step's key and value written at `pos`.
+    """
+    q, k, v = self._qkv(x)
+    length = cache["v"].shape[2]
+    # Attend to the cache as it was (positions < pos) plus this step's own key/value, and write the cache only
+    # for the output: when the updated cache is also read, XLA copies every layer's whole cache at every step.
+    # The layouts make both products plain per-head matmuls, (1, d) x (d, L) and (1, L) x (L, d), for the same
+    # reason (any other layout transposes the whole cache each step).
+    mask = attention_patterns.decode_mask(self.shape, self.attn_type, pos)  # (L,), includes pos itself
+    mask = mask & (jnp.arange(length) != pos)
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    old_scores = jnp.einsum("bqhd,bhdk->bhqk", q, cache["k"].astype(q.dtype)).astype(jnp.float32) * scale
+    new_score = jnp.einsum("bqhd,bqhd->bhq", q, k).astype(jnp.float32)[..., None] * scale  # (B, H, 1, 1)
+    probs = jax.nn.softmax(jnp.concatenate([jnp.where(mask, old_scores, _MASKED), new_score], -1), axis=-1)
+    probs = probs.astype(q.dtype)
+    out = (jnp.einsum("bhqk,bhkd->bqhd", probs[..., :length], cache["v"].astype(q.dtype))
+           + jnp.einsum("bhq,bqhd->bqhd", probs[..., length], v))
+    # XLA updates a loop-carried buffer in place only if the write is data-dependent on the buffer's reads;
+    # otherwise it copies every layer's whole cache at every step (5-50x slower decoding, measured on CPU).
+    # `0 * out` is that dependency: XLA does not fold it to zero (it is NaN for non-finite `out`), and adding
+    # it leaves k and v unchanged whenever the attention output is finite.
+    tie = 0.0 * out[:, :, :1, :1].astype(k.dtype)
+    new_k = jnp.transpose(k + tie, (0, 2, 3, 1)).astype(cache["k"].dtype)  # (B, heads, d, 1)
+    new_v = jnp.transpose(v + tie, (0, 2, 1, 3)).astype(cache["v"].dtype)  # (B, heads, 1, d)
+    cache = {"k": jax.lax.dynamic_update_slice(cache["k"], new_k, (0, 0, 0, pos)),
+             "v": jax.lax.dynamic_update_slice(cache["v"], new_v, (0, 0, pos, 0))}
+    return self.fc(merge_heads(out)), cache
+
+
+class CrossAttention(nn.Module):
+  """Non-causal multi-head attention from the token stream to the frame-conditioning features.
+
+  As in the original: keys have the query's head dim (`w_ks: cond_dim -> hidden`), values keep the conditioning
+  width (`w_vs: cond_dim -> cond_dim`, head dim `cond_dim / heads`) and `fc: cond_dim -> hidden`. No mask, no
+  attention dropout.
+
+  Attributes:
+    hidden_dim: model width C.
+    cond_dim: width of the conditioning features (240 in the original).
+    heads: number of heads (both C and cond_dim must divide by it).
+    n_layer: depth of the stack (scales the output projection's init).
+    dtype: compute dtype.
+  """
+  hidden_dim: int
+  cond_dim: int
+  heads: int
+  n_layer: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c, e = self.hidden_dim, self.cond_dim
+    self.w_qs = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
+    self.w_ks = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(e)), dtype=self.dtype)
+    self.w_vs = dense(e, ("embed", "heads"), normal_init(1 / np.sqrt(e)), dtype=self.dtype)
+    self.fc = dense(c, ("heads", "embed"), normal_init(1 / np.sqrt(c * self.n_layer)), use_bias=True,
+                    bias_init=uniform_init(1 / np.sqrt(e)), dtype=self.dtype)
+
+  def kv(self, cond: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cond `(B, Lc, cond_dim)` -> keys `(B, Lc, heads, C/heads)`, values `(B, Lc, heads, cond_dim/heads)`."""
+    return split_heads(self.w_ks(cond), self.heads), split_heads(self.w_vs(cond), self.heads)
+
+  def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """x `(B, L, C)`, kv from `kv()` (computed once per conditioning input) -> `(B, L, C)`."""
+    q = split_heads(self.w_qs(x), self.heads)
+    k, v = kv
+    return self.fc(merge_heads(dot_product_attention(q, k, v)))

@@ -1,0 +1,163 @@
+"""Autoregressive sampling from the GPT prior with per-layer KV caches, the whole loop compiled once.
+
+One token per step in raster order `(t, h, w)`. Before the loop: the frame encoder and every layer's
+cross-attention keys/values (computed once, as the original caches them at step 0). In the loop (`lax.scan`
+inside one `jax.jit`): `GPT.decode_step` writes the step's key/value into fixed-size per-layer caches with
+`lax.dynamic_update_slice`, in place (see `SelfAttention.decode` for the cache layouts, keys `(B, heads, d, L)` and
+values `(B, heads, L, d)`, and why). Compiled functions are cached per (module, static arguments), so repeated
+calls do not retrace.
+
+`step_logits` runs the same decode loop teacher-forced with given codes and returns every step's logits; it
+equals the full forward up to float rounding, which is how the cached path is tested.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from videogpt_jax.models.gpt import GPT
+
+_NEG_INF = -1e30
+
+
+def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: jax.Array | float | None = None
+                  ) -> jax.Array:
+  """Sets logits outside the top-k / nucleus (top-p) support to a large negative value. logits `(B, K)`.
+
+  Nucleus: the smallest set of most likely tokens whose probability reaches `top_p` (the most likely token is
+  always kept; tokens tied with the last kept one are kept too).
+  """
+  if top_k is not None:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, _NEG_INF, logits)
+  if top_p is not None:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    kept = mass_before < top_p
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, _NEG_INF, logits)
+  return logits
+
+
+def _decode_scan(gpt: GPT, variables: Any, batch: int, cond_frames: jax.Array | None, labels: jax.Array | None,
+                 step: Callable, init: Any, xs: Any):
+  """Runs `step(carry, x, logits) -> (carry, prev_codes, y)` over all raster positions with KV caches."""
+  cond = gpt.apply(variables, cond_frames, labels, batch, method=GPT.prepare_decode)
+
+  def body(state, inputs):
+    cache, prev, carry = state
+    pos, x = inputs
+    logits, cache = gpt.apply(variables, prev, pos, cache, cond, method=GPT.decode_step)
+    carry, prev, y = step(carry, pos, x, logits)
+    return (cache, prev, carry), y
+
+  state = (gpt.init_cache(batch), jnp.zeros((batch,), jnp.int32), init)
+  positions = jnp.arange(gpt.seq_len, dtype=jnp.int32)
+  _, ys = jax.lax.scan(body, state, (positions, xs))
+  return ys
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, greedy: bool) -> Callable:
+  def run(variables, rng, cond_frames, labels, temperature, top_p):
+    def step(carry, pos, _, logits):
+      logits = filter_logits(logits, top_k, top_p if use_top_p else None)
+      if greedy:
+        tokens = jnp.argmax(logits, axis=-1)
+      else:
+        tokens = jax.random.categorical(jax.random.fold_in(carry, pos), logits / temperature, axis=-1)
+      tokens = tokens.astype(jnp.int32)
+      return carry, tokens, tokens
+
+    tokens = _decode_scan(gpt, variables, n, cond_frames, labels, step, rng, None)  # (L, n)
+    return tokens.T.reshape(n, *gpt.shape)
+
+  return jax.jit(run)
+
+
+def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond_frames: jax.Array | None = None,
+           labels: jax.Array | None = None, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None) -> jax.Array:
+  """Samples `n` code grids from the prior.
+
+  Args:
+    gpt: the `GPT` module.
+    variables: its variables (`params` and `codebook`).
+    rng: PRNG key; the same key gives the same samples.
+    n: number of samples.
+    cond_frames: `(n, n_cond_frames, H, W, 3)` in [-0.5, 0.5], for a frame-conditional prior.
+    labels: `(n,)` int class labels, for a class-conditional prior.
+    temperature: softmax temperature (> 0), or 0 for greedy (argmax) decoding.
+    top_k: keep only the k most likely codes at each step.
+    top_p: keep only the nucleus of probability mass `top_p` in (0, 1].
+
+  Returns:
+    codes `(n, t, h, w)` int32.
+  """
+  if not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"sample: n must be a positive int, got {n!r}")
+  if temperature < 0:
+    raise ValueError(f"sample: temperature must be >= 0, got {temperature}")
+  if top_k is not None and not 1 <= top_k <= gpt.n_codes:
+    raise ValueError(f"sample: top_k must be in [1, n_codes={gpt.n_codes}], got {top_k}")
+  if top_p is not None and not 0.0 < top_p <= 1.0:
+    raise ValueError(f"sample: top_p must be in (0, 1], got {top_p}")
+  for name, x in (("cond_frames", cond_frames), ("labels", labels)):
+    if x is not None and x.shape[0] != n:
+      raise ValueError(f"sample: {name} has batch {x.shape[0]}, expected n={n}")
+  fn = _compiled_sampler(gpt, int(n), None if top_k is None else int(top_k), top_p is not None,
+                         temperature == 0)
+  return fn(variables, rng, _maybe_array(cond_frames), _maybe_array(labels, jnp.int32),
+            jnp.float32(temperature if temperature else 1.0), jnp.float32(1.0 if top_p is None else top_p))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_teacher_forcing(gpt: GPT) -> Callable:
+  def run(variables, codes, cond_frames, labels):
+    batch = codes.shape[0]
+    flat = codes.reshape(batch, -1).astype(jnp.int32)
+
+    def step(carry, _, target, logits):
+      return carry, target, logits
+
+    return _decode_scan(gpt, variables, batch, cond_frames, labels, step, None, flat.T)  # (L, B, K)
+
+  return jax.jit(run)
+
+
+def step_logits(gpt: GPT, variables: Any, codes: jax.Array, *, cond_frames: jax.Array | None = None,
+                labels: jax.Array | None = None) -> jax.Array:
+  """Teacher-forced cached decoding: the logits of every step, `(L, B, K)` in raster order.
+
+  Step i sees `codes` at positions < i through the KV caches, exactly as during sampling, so the result equals
+  the full forward's `logits.reshape(B, L, K)` transposed, up to float rounding.
+  """
+  codes = jnp.asarray(codes)
+  if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(gpt.shape):
+    raise ValueError(f"step_logits: codes must be (B, {', '.join(map(str, gpt.shape))}), got {codes.shape}")
+  return _compiled_teacher_forcing(gpt)(variables, codes.astype(jnp.int32), _maybe_array(cond_frames),
+                                        _maybe_array(labels, jnp.int32))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_decoder(vqvae: Any) -> Callable:
+  def run(variables, codes):
+    video = vqvae.apply(variables, codes, method=type(vqvae).decode_from_indices)
+    # As the original's sample() + save_video_grid: clamp, shift to [0, 1], scale and truncate to uint8.
+    return ((jnp.clip(video.astype(jnp.float32), -0.5, 0.5) + 0.5) * 255.0).astype(jnp.uint8)
+
+  return jax.jit(run)
+
+
+def decode_to_video(vqvae: Any, vqvae_variables: Any, codes: jax.Array) -> jax.Array:
+  """Decodes codes `(n, t, h, w)` with the VQ-VAE to uint8 video `(n, T, H, W, 3)`."""
+  return _compiled_decoder(vqvae)(vqvae_variables, jnp.asarray(codes, jnp.int32))
+
+
+def _maybe_array(x: Any, dtype: Any = None) -> jax.Array | None:
+  return None if x is None else jnp.asarray(x, dtype)
