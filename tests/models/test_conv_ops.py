@@ -1,8 +1,13 @@
-"""The original's padding in the functional convolutions, against a brute-force NumPy reference."""
+"""The original's padding in the functional convolutions, and every exact CPU reformulation of them, against a
+brute-force NumPy reference and the direct XLA convolution (forward and gradients)."""
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videogpt_jax.models import conv_ops
+from videogpt_jax.models import conv_cpu, conv_ops
 
 
 def _np_conv3d(x, w, strides, pads):
@@ -64,3 +69,116 @@ def test_same_padding_puts_larger_half_on_the_left():
 def test_unknown_impl_is_a_clear_error():
   with pytest.raises(ValueError, match="conv impl"):
     conv_ops.conv3d(np.zeros((1, 2, 2, 2, 1), np.float32), np.zeros((1, 1, 1, 1, 1), np.float32), impl="nope")
+
+
+# ------------------------------------------------------------------------ exact CPU reformulations (conv_cpu)
+_CONV_CASES = [((4, 4, 4), (2, 2, 2)), ((4, 4, 4), (2, 1, 1)), ((4, 4, 4), (1, 2, 2)), ((3, 3, 3), (1, 1, 1)),
+               ((1, 1, 1), (1, 1, 1)), ((4, 4, 4), (1, 1, 1))]
+_TRANSPOSE_CASES = [((4, 4, 4), (2, 2, 2)), ((4, 4, 4), (2, 1, 1)), ((4, 4, 4), (1, 2, 2)), ((4, 4, 4), (1, 1, 1))]
+# Odd and tiny sizes (including a time axis shorter than the stride, where the output is empty).
+_SHAPES = [(2, 5, 7, 3, 4), (1, 1, 3, 2, 2)]
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_case(k, s, shape, seed):
+  """Inputs and NumPy reference, shared by the parametrisations over impls (the brute force is the slow part)."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=shape).astype(np.float32)
+  w = rng.normal(size=(*k, shape[-1], 5)).astype(np.float32)
+  return x, w, _np_conv3d(x, w, s, conv_ops.same_padding(k, s))
+
+
+@functools.lru_cache(maxsize=None)
+def _transpose_case(k, s, shape, co, seed):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=shape).astype(np.float32)
+  w = rng.normal(size=(*k, shape[-1], co)).astype(np.float32)
+  return x, w, _np_conv_transpose3d(x, w, s)
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  assert a.shape == b.shape, (a.shape, b.shape)
+  if b.size == 0:
+    return 0.0
+  return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def _grads(fn, x, w, ct):
+  return jax.grad(lambda x, w: jnp.vdot(fn(x, w), ct), argnums=(0, 1))(x, w)
+
+
+@pytest.mark.parametrize("impl", [i for i in conv_ops.CONV_IMPLS if i != "direct"])
+@pytest.mark.parametrize("k,s", _CONV_CASES)
+def test_conv_formulations_equal_direct_and_reference(impl, k, s):
+  for shape in _SHAPES:
+    x, w, ref = _conv_case(k, s, shape, 2)
+    direct = np.asarray(conv_ops.conv3d(x, w, s, impl="direct"))
+    out = np.asarray(jax.jit(lambda x, w: conv_ops.conv3d(x, w, s, impl=impl))(x, w))
+    assert _rel(out, ref) <= 1e-5
+    assert _rel(out, direct) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", [i for i in conv_ops.TRANSPOSE_IMPLS if i != "direct"])
+@pytest.mark.parametrize("k,s", _TRANSPOSE_CASES)
+def test_transposed_formulations_equal_direct_and_reference(impl, k, s):
+  for shape, co in [((2, 3, 4, 5, 3), 4), ((1, 1, 3, 2, 4), 2)]:
+    x, w, ref = _transpose_case(k, s, shape, co, 3)
+    direct = np.asarray(conv_ops.conv_transpose3d(x, w, s, impl="direct"))
+    out = np.asarray(jax.jit(lambda x, w: conv_ops.conv_transpose3d(x, w, s, impl=impl))(x, w))
+    assert out.shape == (shape[0], shape[1] * s[0], shape[2] * s[1], shape[3] * s[2], co)
+    assert _rel(out, ref) <= 1e-5
+    assert _rel(out, direct) <= 1e-5
+
+
+@pytest.mark.parametrize("impl", [i for i in conv_ops.CONV_IMPLS if i != "direct"])
+@pytest.mark.parametrize("k,s", [((4, 4, 4), (2, 2, 2)), ((4, 4, 4), (2, 1, 1)), ((3, 3, 3), (1, 1, 1)),
+                                 ((1, 1, 1), (1, 1, 1))])
+def test_conv_formulation_gradients_equal_direct(impl, k, s):
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 5, 6, 7, 3)).astype(np.float32)
+  w = rng.normal(size=(*k, 3, 4)).astype(np.float32)
+  ct = rng.normal(size=conv_ops.conv3d_direct(x, w, s).shape).astype(np.float32)
+  ref = _grads(lambda a, b: conv_ops.conv3d(a, b, s, impl="direct"), x, w, ct)
+  got = jax.jit(lambda x, w: _grads(lambda a, b: conv_ops.conv3d(a, b, s, impl=impl), x, w, ct))(x, w)
+  assert _rel(got[0], ref[0]) <= 1e-4
+  assert _rel(got[1], ref[1]) <= 1e-4
+
+
+@pytest.mark.parametrize("impl", [i for i in conv_ops.TRANSPOSE_IMPLS if i != "direct"])
+@pytest.mark.parametrize("s", [(2, 2, 2), (2, 1, 1), (1, 1, 1)])
+def test_transposed_formulation_gradients_equal_direct(impl, s):
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(2, 3, 4, 5, 3)).astype(np.float32)
+  w = rng.normal(size=(4, 4, 4, 3, 4)).astype(np.float32)
+  ct = rng.normal(size=conv_ops.conv_transpose3d_direct(x, w, s).shape).astype(np.float32)
+  ref = _grads(lambda a, b: conv_ops.conv_transpose3d(a, b, s, impl="direct"), x, w, ct)
+  got = jax.jit(lambda x, w: _grads(lambda a, b: conv_ops.conv_transpose3d(a, b, s, impl=impl), x, w, ct))(x, w)
+  assert _rel(got[0], ref[0]) <= 1e-4
+  assert _rel(got[1], ref[1]) <= 1e-4
+
+
+def test_auto_is_direct_off_cpu_and_a_formulation_on_cpu(monkeypatch):
+  x_shape, k_shape = (4, 8, 32, 32, 128), (4, 4, 4, 128, 128)
+  assert conv_ops._auto_conv(x_shape, k_shape, (2, 2, 2)) in conv_cpu.CONV_FORMS
+  assert conv_ops._auto_transpose(x_shape, k_shape, (2, 2, 2)) in conv_cpu.TRANSPOSE_FORMS
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert conv_ops._auto_conv(x_shape, k_shape, (2, 2, 2)) == "direct"
+  assert conv_ops._auto_transpose(x_shape, k_shape, (2, 2, 2)) == "direct"
+
+
+def test_fold_split_splits_wide_inputs_exactly():
+  # 2x2x2 space-to-depth of 40 channels gives 320 > 128 channels: the split path runs (3 groups, last partial).
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(1, 4, 6, 4, 40)).astype(np.float32)
+  w = rng.normal(size=(4, 4, 4, 40, 3)).astype(np.float32)
+  ref = _np_conv3d(x, w, (2, 2, 2), conv_ops.same_padding((4, 4, 4), (2, 2, 2)))
+  assert _rel(conv_ops.conv3d(x, w, (2, 2, 2), impl="fold_split"), ref) <= 1e-5
+
+
+def test_impl_of_the_other_op_is_a_clear_error():
+  x = np.zeros((1, 2, 2, 2, 1), np.float32)
+  with pytest.raises(ValueError, match="conv impl for conv_transpose3d"):
+    conv_ops.conv_transpose3d(x, np.zeros((4, 4, 4, 1, 1), np.float32), (2, 2, 2), impl="fold_cat")
+  with pytest.raises(ValueError, match="channels"):
+    conv_ops.conv3d(x, np.zeros((1, 1, 1, 2, 1), np.float32), impl="fold")
