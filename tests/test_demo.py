@@ -11,8 +11,15 @@ from experiments.configs import demo_moving_mnist
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_resumes(tmp_path):
+def _config():
   config = demo_moving_mnist.get_config("runlocal")
+  for stage in (config.vqvae, config.gpt):
+    stage.num_devices = 4  # Of the 8 simulated devices: the batch of 4 is split over a 4-way data axis.
+  return config
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+  config = _config()
   metrics = demo.run(config, tmp_path)
 
   saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -31,6 +38,6 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
   assert (tmp_path / "vqvae" / "metrics.jsonl").exists() and (tmp_path / "gpt" / "metrics.jsonl").exists()
 
   # A second run finds both stages finished: no training steps, same models, same metrics.
-  again = demo.run(demo_moving_mnist.get_config("runlocal"), tmp_path)
+  again = demo.run(_config(), tmp_path)
   assert again["train"]["vqvae"]["steps_this_run"] == 0 and again["train"]["gpt"]["steps_this_run"] == 0
   np.testing.assert_allclose(again["prior"]["test_bits_per_dim"], saved["prior"]["test_bits_per_dim"], rtol=1e-6)
