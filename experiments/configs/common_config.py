@@ -1,0 +1,91 @@
+"""Defaults shared by the configs: run bookkeeping, optimizer, mesh, and the tiny `runlocal` shapes."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def _base() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Mesh (data, fsdp, model); -1 takes the remaining devices. num_devices=-1 uses all (a prefix: tests only).
+  config.mesh = (-1, 1, 1)
+  config.num_devices = -1
+  config.batch_size = 32
+  config.eval_batch_size = 0  # 0: same as batch_size
+  config.total_steps = 100_000
+  # Adam with the original's cosine decay to 0 at total_steps (no warmup), global-norm clipping.
+  config.lr = 3e-4
+  config.lr_schedule = "cosine"
+  config.warmup_steps = 0
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.grad_clip = 1.0
+  config.compute_dtype = "float32"  # "bfloat16": bf16 compute over float32 parameters
+  config.remat = "none"  # "dots" | "full": rematerialise the loss's forward pass with that policy
+  config.log_every = 50
+  config.eval_every = 5_000
+  config.eval_batches = 8  # 0: the whole eval split
+  config.checkpoint_every = 1_000
+  config.keep_checkpoints = 3
+  config.best_metric = "loss"  # kept beside the last `keep_checkpoints` (train loss at the save step)
+  config.best_mode = "min"
+  config.tensorboard = True
+  config.data = ml_collections.ConfigDict(dict(
+      name="", builder_config="", data_dir="", manual_dir="",
+      split="train", eval_split="test", seq_len=16, resolution=64, shuffle_buffer=2048,
+      num_classes=0))  # num_classes: 0 = read from the dataset (class-conditional priors)
+  return config
+
+
+def vqvae_base() -> ml_collections.ConfigDict:
+  return _base()
+
+
+def gpt_base() -> ml_collections.ConfigDict:
+  config = _base()
+  config.vqvae_workdir = ""  # required: the VQ-VAE run whose codes the prior models
+  config.vqvae_step = -1  # -1: its latest checkpoint
+  config.codes_path = ""  # optional: codes pre-encoded by `videogpt_jax.train.encode_dataset` (else on the fly)
+  config.best_metric = "loss"
+  config.sample_every = 10_000  # 0: no samples
+  config.num_samples = 8
+  return config
+
+
+def _tiny_data(config: ml_collections.ConfigDict, dataset: str) -> None:
+  """4-frame 16x16 clips; Moving MNIST uses its 32-clip `tiny` build (other datasets keep their real data)."""
+  if dataset == "moving_mnist":
+    config.data.builder_config = "tiny"
+  config.data.seq_len = 4
+  config.data.resolution = 16
+  config.data.shuffle_buffer = 64
+
+
+def vqvae_runlocal(config: ml_collections.ConfigDict, dataset: str = "moving_mnist") -> None:
+  """A tiny VQ-VAE: 4x16x16 clips -> 2x4x4 codes; ~20 s on 2 CPU cores (without contention)."""
+  _tiny_data(config, dataset)
+  config.model = ml_collections.ConfigDict(dict(
+      embedding_dim=8, n_codes=32, n_hiddens=16, n_res_layers=1, downsample=(2, 4, 4), attention=False,
+      conv_impl="auto", remat=False))
+  config.batch_size = 4
+  config.lr = 3e-3
+  config.total_steps = 30
+  config.log_every = 5
+  config.eval_every = 30
+  config.eval_batches = 1
+  config.checkpoint_every = 10
+
+
+def gpt_runlocal(config: ml_collections.ConfigDict, dataset: str = "moving_mnist") -> None:
+  """A tiny prior over the runlocal VQ-VAE's 2x4x4 codes."""
+  _tiny_data(config, dataset)
+  config.model.update(dict(hidden_dim=24, heads=2, layers=2, attn_type="full", dropout=0.0, attn_dropout=0.0))
+  config.batch_size = 4
+  config.lr = 3e-3
+  config.total_steps = 30
+  config.log_every = 5
+  config.eval_every = 30
+  config.eval_batches = 1
+  config.checkpoint_every = 10
+  config.sample_every = 30
+  config.num_samples = 2

@@ -1,0 +1,64 @@
+r"""Samples videos from a trained prior and writes them as a GIF grid and an `.npz` of codes and frames.
+
+  python -m experiments.sample --gpt_workdir=/tmp/gpt --vqvae_workdir=/tmp/vqvae --output=/tmp/samples \
+      --num_samples=8 [--labels=0,5,...] [--temperature=1.0 --top_k=... --top_p=...]
+
+A frame-conditional prior takes its conditioning frames from the first clips of its config's eval split.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import app, flags, logging
+
+flags.DEFINE_string("gpt_workdir", None, "Workdir of a train_gpt.py run.")
+flags.DEFINE_string("vqvae_workdir", None, "Workdir of its VQ-VAE (default: the one in the GPT's config).")
+flags.DEFINE_string("output", None, "Folder for samples.gif and samples.npz.")
+flags.DEFINE_integer("num_samples", 8, "How many videos.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature (0: greedy).")
+flags.DEFINE_integer("top_k", None, "Keep the k most likely codes per step.")
+flags.DEFINE_float("top_p", None, "Nucleus sampling mass.")
+flags.DEFINE_list("labels", None, "Class labels (one per sample) for a class-conditional prior.")
+flags.DEFINE_integer("step", None, "Checkpoint step of the prior (default: latest).")
+flags.mark_flags_as_required(["gpt_workdir", "output"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  import jax
+  import imageio
+
+  import videogpt_jax
+  from videogpt_jax.models import sampling
+  from videogpt_jax.train import common, load
+
+  gpt, variables, config = load.load_gpt(FLAGS.gpt_workdir, FLAGS.step)
+  vqvae, vq_vars, _ = load.load_vqvae(FLAGS.vqvae_workdir or config.vqvae_workdir)
+  n = FLAGS.num_samples
+  cond = labels = None
+  if gpt.class_cond_dim:
+    if not FLAGS.labels or len(FLAGS.labels) != n:
+      raise app.UsageError(f"this prior is class-conditional: pass --labels with {n} class ids")
+    labels = np.asarray([int(x) for x in FLAGS.labels], np.int32)
+  if gpt.n_cond_frames:
+    from videogpt_jax.data import pipeline
+    it = pipeline.make_eval_iterator(common.load_builder(config), split=config.data.get("eval_split", "test"),
+                                     global_batch_size=n, sharding=None, seq_len=int(config.data.seq_len),
+                                     resolution=int(config.data.resolution), n_cond_frames=gpt.n_cond_frames)
+    cond = next(iter(it))["cond_frames"]
+  codes = videogpt_jax.sample(gpt, variables, jax.random.key(FLAGS.seed), n, cond_frames=cond, labels=labels,
+                              temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
+  video = np.asarray(sampling.decode_to_video(vqvae, vq_vars, codes))  # (n, T, H, W, 3) uint8
+  os.makedirs(FLAGS.output, exist_ok=True)
+  np.savez(os.path.join(FLAGS.output, "samples.npz"), codes=np.asarray(codes), video=video)
+  # One GIF: the clips side by side, frame by frame.
+  frames = np.concatenate(list(video), axis=2)  # (T, H, n * W, 3)
+  imageio.mimsave(os.path.join(FLAGS.output, "samples.gif"), list(frames), duration=0.1, loop=0)
+  logging.info("wrote %d samples to %s", n, FLAGS.output)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,25 @@
+r"""Trains the GPT prior (stage 2) over a trained VQ-VAE's codes.
+
+  python -m experiments.train_gpt --config=experiments/configs/gpt_moving_mnist.py:runlocal \
+      --config.vqvae_workdir=/tmp/vqvae --workdir=/tmp/gpt
+
+Re-running with the same --workdir resumes from its latest checkpoint. Multi-host flags as in train_vqvae.py.
+"""
+from __future__ import annotations
+
+from absl import app
+
+from experiments import launch
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  launch.setup()
+  from videogpt_jax.train import gpt_trainer
+  launch.run_reporting_errors(lambda: gpt_trainer.train_and_evaluate(launch.FLAGS.config, launch.FLAGS.workdir))
+
+
+if __name__ == "__main__":
+  launch.define_flags("Checkpoints, TensorBoard events and metrics.jsonl go here.")
+  launch.run(main)

@@ -1,0 +1,99 @@
+"""The prior's trainer end to end over a tiny trained VQ-VAE: on-the-fly codes, pre-encoded codes, conditioning."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.configs import gpt_bair, gpt_moving_mnist, gpt_ucf101
+from tests.train.synthetic import SyntheticIterator, clips
+from tests.train.test_vqvae_trainer import tiny_config as tiny_vqvae_config
+from videogpt_jax import sharding
+from videogpt_jax.train import encode_dataset, gpt_trainer, load, vqvae_trainer
+
+
+@pytest.fixture(scope="module")
+def vqvae_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("vqvae")
+  config = tiny_vqvae_config(total_steps=4, checkpoint_every=4, lr=1e-2)
+  vqvae_trainer.train_and_evaluate(config, workdir, train_iter=SyntheticIterator(config))
+  return workdir
+
+
+def tiny_config(vqvae_workdir, module=gpt_moving_mnist, arg="runlocal", **overrides):
+  config = module.get_config(arg)
+  config.vqvae_workdir = str(vqvae_workdir)
+  config.tensorboard = False
+  config.eval_every = 0
+  config.total_steps = 16
+  config.checkpoint_every = 8
+  config.log_every = 4
+  config.batch_size = 8
+  config.num_devices = 1
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+@pytest.mark.slow
+def test_prior_trains_on_the_fly_codes_and_loads(vqvae_workdir, tmp_path):
+  config = tiny_config(vqvae_workdir, lr=1e-2)
+  result = gpt_trainer.train_and_evaluate(config, tmp_path, train_iter=SyntheticIterator(config))
+  loss = [m["loss"] for _, m in result.history]
+  assert len(loss) == 16 and np.mean(loss[-4:]) < 0.8 * np.mean(loss[:4]), loss
+  assert loss[0] == pytest.approx(np.log(32), rel=0.05)  # fc_out starts at zero: uniform over K = 32 codes
+  gpt, variables, saved = load.load_gpt(tmp_path)
+  _, vq_vars, _ = load.load_vqvae(vqvae_workdir)
+  np.testing.assert_array_equal(np.asarray(variables["codebook"]["embeddings"]),
+                                np.asarray(vq_vars["codebook"]["embeddings"]))
+  assert tuple(saved.derived.shape) == gpt.shape == (2, 4, 4)
+  codes = np.zeros((2, 2, 4, 4), np.int32)
+  logits = gpt.apply(variables, codes, deterministic=True)
+  assert logits.shape == (2, 2, 4, 4, 32)
+
+
+@pytest.mark.slow
+def test_prior_trains_from_pre_encoded_codes_and_resumes_their_order(vqvae_workdir, tmp_path):
+  vqvae, vq_vars, _ = load.load_vqvae(vqvae_workdir)
+  video = np.concatenate([clips(0, i, 8, 4, 16) for i in range(3)])
+  codes = np.asarray(vqvae.apply(vq_vars, video, method=type(vqvae).encode_to_indices))
+  path = tmp_path / "codes.npz"
+  encode_dataset.save_codes(path, {"codes": codes})
+  config = tiny_config(vqvae_workdir, codes_path=str(path), total_steps=6, checkpoint_every=3)
+  result = gpt_trainer.train_and_evaluate(config, tmp_path / "run")
+  assert [s for s, _ in result.history] == list(range(1, 7))
+  # The iterator: same batches for any restart point, every clip once per epoch.
+  mesh = sharding.make_mesh(config)
+  it = encode_dataset.CodesIterator(path, global_batch_size=8, mesh=mesh, seed=0)
+  batches = [np.asarray(next(it)["codes"]) for _ in range(5)]
+  epoch = np.concatenate(batches[:3])
+  assert sorted(map(bytes, epoch)) == sorted(map(bytes, codes))
+  resumed = encode_dataset.CodesIterator(path, global_batch_size=8, mesh=mesh, seed=0).restore({"step": 3, "seed": 0})
+  np.testing.assert_array_equal(np.asarray(next(resumed)["codes"]), batches[3])
+  with pytest.raises(ValueError, match="seed"):
+    resumed.restore({"step": 1, "seed": 5})
+  with pytest.raises(FileNotFoundError, match="encode_dataset"):
+    encode_dataset.CodesIterator(tmp_path / "missing.npz", global_batch_size=8, mesh=mesh, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module,arg,labels,n_cond", [
+    (gpt_bair, "runlocal", 0, 1),
+    (gpt_ucf101, "classcond,runlocal", 101, 0),
+])
+def test_conditional_runlocal_configs_train(vqvae_workdir, tmp_path, module, arg, labels, n_cond):
+  config = tiny_config(vqvae_workdir, module, arg, total_steps=4, checkpoint_every=4, batch_size=4)
+  result = gpt_trainer.train_and_evaluate(
+      config, tmp_path, train_iter=SyntheticIterator(config, labels=labels, n_cond_frames=n_cond))
+  assert result.step == 4 and np.isfinite([m["loss"] for _, m in result.history]).all()
+  gpt, _, saved = load.load_gpt(tmp_path)
+  assert gpt.n_cond_frames == n_cond and (gpt.class_cond_dim or 0) == labels
+
+
+def test_missing_vqvae_workdir_is_a_clear_error(tmp_path):
+  config = tiny_config(tmp_path / "nowhere")
+  from videogpt_jax.checkpointing import CheckpointError
+  with pytest.raises(CheckpointError, match="no checkpoint found in .*nowhere"):
+    gpt_trainer.train_and_evaluate(config, tmp_path / "run", train_iter=iter(()))
+  config.vqvae_workdir = ""
+  with pytest.raises(ValueError, match="vqvae_workdir is required"):
+    gpt_trainer.train_and_evaluate(config, tmp_path / "run", train_iter=iter(()))

@@ -1,0 +1,193 @@
+"""The one place that knows the device mesh: mesh construction, logical-axis rules, state and batch shardings.
+
+Models annotate their parameters with logical axis names (`nn.with_logical_partitioning`) from the vocabulary
+`batch, length, embed, mlp, heads, kv, vocab, codebook, conv_in, conv_out, conv_k, norm`. `LOGICAL_AXIS_RULES`
+maps those names to the mesh axes `data`, `fsdp` and `model`:
+
+- `data`: pure data parallelism (parameters replicated).
+- `fsdp`: data parallelism with parameters (and optimizer state) sharded along their input/embedding axis.
+- `model`: tensor parallelism over attention heads, MLP hidden units, vocabulary and convolution outputs.
+
+The batch is split over `data` and `fsdp` together. A mesh axis that does not divide a parameter's dimension is
+dropped for that dimension (the dimension is replicated instead), so tiny test models run on any mesh.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis -> mesh axis (or axes, or None for replicated). Flax applies the first rule whose mesh axis is not
+# already used by another dimension of the same array.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("vocab", "model"),
+    ("codebook", None),
+    ("conv_in", "fsdp"),
+    ("conv_out", "model"),
+    ("conv_k", None),
+    ("norm", None),
+)
+
+
+def mesh_shape(mesh_config: Sequence[int], num_devices: int) -> tuple[int, int, int]:
+  """Resolves a `(data, fsdp, model)` shape with at most one `-1` ("all the remaining devices")."""
+  shape = [int(s) for s in mesh_config]
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"config.mesh must have {len(MESH_AXES)} entries {MESH_AXES}, got {tuple(mesh_config)}")
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"config.mesh entries must be positive, with at most one -1; got {tuple(mesh_config)}")
+  if -1 in shape:
+    known = math.prod(s for s in shape if s != -1)
+    if num_devices % known:
+      raise ValueError(f"config.mesh={tuple(mesh_config)}: {num_devices} devices are not divisible by {known}")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"config.mesh={tuple(mesh_config)} needs {math.prod(shape)} devices, have {num_devices}")
+  return tuple(shape)  # type: ignore[return-value]
+
+
+def make_mesh(config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The `(data, fsdp, model)` mesh of `config.mesh` over `devices` (default: the first `config.num_devices`).
+
+  Args:
+    config: has `mesh` (3 ints, one may be -1) and optionally `num_devices` (-1 or absent: all devices). A
+      sub-mesh (fewer devices than the host has) is only meaningful in a single process, e.g. in tests.
+    devices: explicit devices; overrides `config.num_devices`.
+  """
+  if devices is None:
+    n = int(config.get("num_devices", -1) or -1) if hasattr(config, "get") else -1
+    devices = jax.devices()
+    if n != -1:
+      if n > len(devices):
+        raise ValueError(f"config.num_devices={n} but only {len(devices)} devices are available")
+      if jax.process_count() > 1 and n != len(devices):
+        raise ValueError("config.num_devices (a sub-mesh) is not supported with several processes")
+      devices = devices[:n]
+  shape = mesh_shape(config.mesh, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def logical_to_mesh_spec(names: Sequence[str | None] | None, rules=LOGICAL_AXIS_RULES) -> P:
+  """Logical axis names of one array -> mesh PartitionSpec.
+
+  Each dimension takes the first rule for its name whose mesh axes no earlier dimension of the array uses; with
+  none left (or a name without rules) it is replicated. Unlike Flax's helper, a name may repeat (a square
+  `embed x embed` matrix shards only its first dimension).
+  """
+  used: set[str] = set()
+  spec = []
+  for name in names or ():
+    chosen = None
+    for rule_name, axes in rules:
+      if rule_name != name:
+        continue
+      if axes is None:
+        break
+      axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes)
+      if not used.intersection(axes_tuple):
+        chosen = axes
+        used.update(axes_tuple)
+        break
+    spec.append(chosen)
+  return P(*spec)
+
+
+def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """Drops mesh axes that do not divide the dimension they shard (those dimensions become replicated)."""
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    if axes is None:
+      fitted.append(None)
+      continue
+    names = (axes,) if isinstance(axes, str) else tuple(axes)
+    kept, size = [], 1
+    for name in names:
+      if dim % (size * mesh.shape[name]) == 0:
+        kept.append(name)
+        size *= mesh.shape[name]
+    fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+  while fitted and fitted[-1] is None:
+    fitted.pop()
+  return P(*fitted)
+
+
+def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
+  """NamedShardings for an abstract (`jax.eval_shape`) tree whose leaves may be `nn.Partitioned` boxes.
+
+  The result has the structure of the *unboxed* tree (`nn.meta.unbox(abstract_tree)`): boxes give their logical
+  names, plain leaves are replicated.
+  """
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+
+  def one(leaf):
+    names = leaf.names if is_box(leaf) else None
+    value = leaf.unbox() if is_box(leaf) else leaf
+    return NamedSharding(mesh, _fit_spec(logical_to_mesh_spec(names, rules), value.shape, mesh))
+
+  return jax.tree.map(one, abstract_tree, is_leaf=is_box)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
+  """Leading (batch) dimension split over `data` x `fsdp`, the rest replicated."""
+  del ndim  # A PartitionSpec shorter than the array replicates the remaining dimensions.
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def batch_size_per_process(global_batch_size: int, mesh: Mesh) -> int:
+  """Checks that the global batch splits evenly over the batch axes and the processes; returns the local share."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch_size % shards:
+    raise ValueError(f"batch_size={global_batch_size} must be divisible by the mesh's data x fsdp = {shards}")
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"batch_size={global_batch_size} must be divisible by {jax.process_count()} processes")
+  return global_batch_size // jax.process_count()
+
+
+def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's slice of a batch (numpy, leading batch axis) -> global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A global array's full value on this host (gathered from the other processes when it spans several)."""
+  if jax.process_count() > 1 and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def per_device_bytes(tree: Any) -> dict[str, int]:
+  """Bytes of `tree`'s arrays held by each addressable device (the state's share of device memory)."""
+  totals: dict[str, int] = {}
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array):
+      for shard in leaf.addressable_shards:
+        key = str(shard.device)
+        totals[key] = totals.get(key, 0) + shard.data.nbytes
+  return totals
+
+
+def log_shardings(tree: Any) -> None:
+  """Logs each leaf's path, shape and PartitionSpec (once, at start, to make the layout inspectable)."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    spec = getattr(getattr(leaf, "sharding", None), "spec", None)
+    logging.info("  %-70s %-20s %s", jax.tree_util.keystr(path), tuple(leaf.shape), spec)
