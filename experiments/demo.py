@@ -148,6 +148,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  from experiments import launch
+  logging.get_absl_handler().addFilter(launch.QuietLibraries())
   t0 = time.perf_counter()
   run(_CONFIG.value, _WORKDIR.value)
   logging.info("demo finished in %.1f min", (time.perf_counter() - t0) / 60)

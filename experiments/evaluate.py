@@ -119,7 +119,7 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   from experiments import launch  # pylint: disable=import-outside-toplevel
   from videogpt_jax.train import common  # pylint: disable=import-outside-toplevel
-  logging.get_absl_handler().addFilter(launch._QuietLibraries())  # pylint: disable=protected-access
+  logging.get_absl_handler().addFilter(launch.QuietLibraries())
   common.initialize_distributed()
   result = {}
   launch.run_reporting_errors(lambda: result.update(runner.evaluate(settings)))

@@ -21,7 +21,7 @@ def define_flags(workdir_help: str) -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(py_logging.Filter):
+class QuietLibraries(py_logging.Filter):
   """Drops INFO records of Orbax (dozens per checkpoint) and TFDS; their warnings and errors still show."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
@@ -31,7 +31,7 @@ class _QuietLibraries(py_logging.Filter):
 
 def setup() -> None:
   """Joins the other processes (no-op alone) and quiets library logs; call first in `main`."""
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(QuietLibraries())
   from videogpt_jax.train import common
   common.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 

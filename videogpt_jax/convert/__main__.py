@@ -28,6 +28,24 @@ flags.DEFINE_string("args_json", None,
                     "(needed for plain state dicts, which store none).")
 
 
+# The module fields that rebuild it (`videogpt_jax.train.load`); compute-only settings keep their defaults.
+_MODULE_FIELDS = {
+    "vqvae": ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample", "attention"),
+    "gpt": ("shape", "n_codes", "embedding_dim", "hidden_dim", "heads", "layers", "attn_type", "n_cond_frames",
+            "frame_shape", "class_cond_dim", "dropout", "attn_dropout"),
+}
+
+
+def module_config(module: Any) -> dict[str, Any]:
+  """JSON-able constructor arguments of a converted `VQVAE` or `GPT`."""
+  kind = "vqvae" if type(module).__name__ == "VQVAE" else "gpt"
+  out = {}
+  for name in _MODULE_FIELDS[kind]:
+    value = getattr(module, name)
+    out[name] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
 def convert(input_path: str | pathlib.Path, output: str | pathlib.Path, kind: str = "vqvae",
             overwrite: bool = False, extra_args: dict[str, Any] | None = None) -> pathlib.Path:
   """Reads `input_path`, converts it, writes step 0 of a Checkpointer directory at `output`; returns `output`."""
@@ -54,7 +72,10 @@ def convert(input_path: str | pathlib.Path, output: str | pathlib.Path, kind: st
 
   from videogpt_jax.checkpointing import Checkpointer  # noqa: PLC0415
   ckpt = Checkpointer(output, max_to_keep=1, async_save=False)
-  config = {"kind": kind, "args": json.loads(json.dumps(hparams, default=str)), "source": str(input_path)}
+  config = {"kind": kind, "model": module_config(module), "args": json.loads(json.dumps(hparams, default=str)),
+            "source": str(input_path)}
+  if hparams.get("resolution") is not None and hparams.get("sequence_length") is not None:
+    config["data"] = {"resolution": int(hparams["resolution"]), "seq_len": int(hparams["sequence_length"])}
   ckpt.save(0, variables, config=config)
   ckpt.close()
   logging.info("wrote %s", output)
