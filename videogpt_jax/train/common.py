@@ -106,8 +106,16 @@ def sharded_init(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh: jax.
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
   """`jax.distributed.initialize` from arguments or `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`,
-  `JAX_PROCESS_ID`; a no-op for a single process. Logging below WARNING is silenced on processes other than 0."""
+  `JAX_PROCESS_ID`; `"auto"` lets JAX detect the cluster (Cloud TPU, SLURM, Open MPI); a no-op for a single
+  process. Logging below WARNING is silenced on processes other than 0."""
   coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  if coordinator_address == "auto":
+    # Cloud TPU pod slices, SLURM and Open MPI jobs describe themselves: JAX finds the coordinator, the number of
+    # processes and this process's index on its own.
+    jax.distributed.initialize()
+    if jax.process_index() != 0:
+      logging.set_verbosity(logging.WARNING)
+    return
   num_processes = int(num_processes or os.environ.get("JAX_NUM_PROCESSES", 1))
   if process_id is None and "JAX_PROCESS_ID" in os.environ:
     process_id = int(os.environ["JAX_PROCESS_ID"])
