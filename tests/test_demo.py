@@ -10,7 +10,6 @@ from experiments import demo
 from experiments.configs import demo_moving_mnist
 
 
-@pytest.mark.slow
 def _config():
   config = demo_moving_mnist.get_config("runlocal")
   for stage in (config.vqvae, config.gpt):
@@ -18,6 +17,7 @@ def _config():
   return config
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_resumes(tmp_path):
   config = _config()
   metrics = demo.run(config, tmp_path)

