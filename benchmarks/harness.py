@@ -204,14 +204,29 @@ def measure(fn: Callable, args: tuple, *, stateful: bool = False, warmup: int = 
 
 
 class Recorder:
-  """Rows of one benchmark script; rewrites `results/<name>.json` after every row (partial runs stay usable)."""
+  """Rows of one benchmark script; rewrites `results/<name>.json` after every row (partial runs stay usable).
 
-  def __init__(self, name: str, header: dict[str, Any]):
+  With `merge=True` the rows already in that file are kept unless a row of the same name is added (to re-run a
+  few workloads of a full run); every row records when it was measured and the matmul rate of its run.
+  """
+
+  def __init__(self, name: str, header: dict[str, Any], merge: bool = False):
     self.name, self.header, self.rows = name, header, []
+    path = RESULTS_DIR / f"{name}.json"
+    run = {"date": machine_info()["date"], **{k: header[k] for k in ("matmul_flops_per_s", "load_average_start")
+                                               if k in header}}
+    self.header = {**header, "runs": [run]}
+    if merge and path.exists():
+      old = json.loads(path.read_text())
+      self.rows = old.get("rows", [])
+      self.header["runs"] = old.get("runs", []) + [run]
 
   def add(self, row: dict[str, Any]) -> dict[str, Any]:
-    row = {**row, "load_average_1m": os.getloadavg()[0]}
-    self.rows.append(row)
+    row = {**row, "load_average_1m": os.getloadavg()[0],
+           "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if "matmul_flops_per_s" in self.header:
+      row.setdefault("run_matmul_flops_per_s", self.header["matmul_flops_per_s"])
+    self.rows = [r for r in self.rows if r.get("name") != row.get("name")] + [row]
     self.write()
     return row
 

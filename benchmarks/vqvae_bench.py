@@ -1,0 +1,190 @@
+"""VQ-VAE benchmarks on this machine: train step, encode, decode, BAIR-size train step, batch scaling, bf16.
+
+Each workload is compiled ahead of time (compile time reported separately), run for warm-up + >= 5 timed steps
+(median reported), and its peak memory is taken both from the process (RSS, reset per workload) and from XLA's
+memory analysis. The machine's float32 matmul rate (2048^2, jitted) is measured in the same run, and model-FLOPs
+utilisation is XLA's cost-analysis flops / step time / that rate.
+
+The train step is the trainer's (`videogpt_jax/train/vqvae_trainer.py`) reduced to its arithmetic: Adam
+(optax), loss + grad + update under one `jax.jit`, `batch_stats` and `codebook` updated by the forward pass
+(`rngs={"codebook": ...}`), optional bf16 compute over float32 parameters.
+
+  python benchmarks/vqvae_bench.py                # writes benchmarks/results/vqvae_bench.json
+  python benchmarks/vqvae_bench.py --quick        # tiny shapes, seconds: checks the script, not the speed
+  python benchmarks/vqvae_bench.py --only train_b4,encode_b4 --deadline 13:25
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, __file__.rsplit("/", 2)[0])
+from benchmarks import harness  # noqa: E402
+from videogpt_jax.models import vqvae as vqvae_lib  # noqa: E402
+
+# The reference workloads (original PyTorch VideoGPT on a 2-core machine of this kind, float32, 2 threads).
+SMALL = dict(embedding_dim=64, n_codes=512, n_hiddens=128, n_res_layers=2, downsample=(4, 4, 4))
+BAIR = dict(embedding_dim=256, n_codes=1024, n_hiddens=240, n_res_layers=4, downsample=(4, 2, 2))
+TINY = dict(embedding_dim=16, n_codes=32, n_hiddens=16, n_res_layers=1, downsample=(2, 2, 2))
+CLIP = (16, 64, 64)
+TINY_CLIP = (4, 16, 16)
+
+# name -> (model, batch, kind, dtype, reference, target); reference/target in the unit of `unit_of(kind)`.
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "train_b4": dict(model="small", batch=4, kind="train", reference_s=0.92, speedup_target=1.5),
+    "encode_b4": dict(model="small", batch=4, kind="encode", reference_clips_per_s=26.5, speedup_target=1.5),
+    "decode_b4": dict(model="small", batch=4, kind="decode", reference_clips_per_s=24.5, speedup_target=1.5),
+    "train_bair_b1": dict(model="bair", batch=1, kind="train", reference_s=4.3, speedup_target=1.5),
+    "train_b1": dict(model="small", batch=1, kind="train", group="batch_scaling"),
+    "train_b2": dict(model="small", batch=2, kind="train", group="batch_scaling"),
+    "train_b8": dict(model="small", batch=8, kind="train", group="batch_scaling"),
+    "train_b4_bf16": dict(model="small", batch=4, kind="train", dtype="bfloat16", reference_s=0.92,
+                          speedup_target=1.5, group="bf16"),
+    "encode_b4_bf16": dict(model="small", batch=4, kind="encode", dtype="bfloat16", reference_clips_per_s=26.5,
+                           speedup_target=1.5, group="bf16"),
+    "decode_b4_bf16": dict(model="small", batch=4, kind="decode", dtype="bfloat16", reference_clips_per_s=24.5,
+                           speedup_target=1.5, group="bf16"),
+}
+
+
+def build(model_kwargs: dict[str, Any], clip: tuple[int, int, int], batch: int, conv_impl: str = "auto",
+          remat: bool = False):
+  """`(model, variables, video)`: an initialised VQ-VAE and a random batch `(B, T, H, W, 3)` in [-0.5, 0.5]."""
+  model = vqvae_lib.VQVAE(**model_kwargs, conv_impl=conv_impl, remat=remat)
+  video = jax.random.uniform(jax.random.PRNGKey(1), (batch, *clip, 3), jnp.float32, -0.5, 0.5)
+  init = jax.jit(lambda r, v: model.init({"params": r, "codebook": r}, v, train=False))
+  variables = init(jax.random.PRNGKey(0), video[:1])
+  return model, variables, video
+
+
+def make_train_step(model: vqvae_lib.VQVAE, tx: optax.GradientTransformation, compute_dtype: Any = jnp.float32):
+  """`step(state, video) -> (state, metrics)` with `state = (params, opt_state, model_state, rng)`."""
+  def cast(tree):
+    return jax.tree.map(lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+  def step(state, video):
+    params, opt_state, model_state, rng = state
+    rng, codebook_rng = jax.random.split(rng)
+
+    def loss_fn(p):
+      (_, aux), new_state = model.apply({"params": cast(p), **model_state}, video.astype(compute_dtype),
+                                        train=True, mutable=["batch_stats", "codebook"],
+                                        rngs={"codebook": codebook_rng})
+      return aux["loss"], (aux, new_state)
+
+    (loss, (aux, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
+    metrics = {"loss": loss, "perplexity": aux["perplexity"]}
+    return (optax.apply_updates(params, updates), opt_state, new_state, rng), metrics
+
+  return step
+
+
+def train_state(variables, tx):
+  params = variables["params"]
+  return (params, tx.init(params), {k: variables[k] for k in ("batch_stats", "codebook")}, jax.random.PRNGKey(2))
+
+
+def run_workload(name: str, spec: dict[str, Any], args, matmul: float, deadline: float | None) -> dict[str, Any]:
+  model_kwargs = {"small": SMALL, "bair": BAIR}[spec["model"]]
+  clip = CLIP
+  if args.quick:
+    model_kwargs, clip = TINY, TINY_CLIP
+  dtype = jnp.dtype(spec.get("dtype", "float32"))
+  model, variables, video = build(model_kwargs, clip, spec["batch"], args.conv_impl)
+  row: dict[str, Any] = {"name": name, **{k: v for k, v in spec.items() if k != "model"},
+                         "model_name": spec["model"], "model": {k: list(v) if isinstance(v, tuple) else v
+                                                                for k, v in model_kwargs.items()},
+                         "clip": list(clip), "dtype": str(dtype), "conv_impl": args.conv_impl}
+  timing = dict(warmup=args.warmup, repeats=args.repeats, deadline=deadline, matmul_flops=matmul)
+  if spec["kind"] == "train":
+    tx = optax.adam(7e-4)
+    state = train_state(variables, tx)
+    row.update(harness.measure(make_train_step(model, tx, dtype), (state, video), stateful=True, **timing))
+  else:
+    codes = jax.jit(lambda v, x: model.apply(v, x, method=vqvae_lib.VQVAE.encode_to_indices))(variables, video)
+    if dtype != jnp.float32:  # every float variable (BatchNorm statistics, codebook) too, or they promote to f32
+      variables = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                               variables)
+    if spec["kind"] == "encode":
+      fn = lambda v, x: model.apply(v, x.astype(dtype), method=vqvae_lib.VQVAE.encode_to_indices)  # noqa: E731
+      x = video
+    else:
+      fn = lambda v, c: model.apply(v, c, method=vqvae_lib.VQVAE.decode_from_indices)  # noqa: E731
+      x = codes
+    row.update(harness.measure(fn, (variables, x), **timing))
+  if "median_s" in row:
+    row["clips_per_s"] = spec["batch"] / row["median_s"]
+    if "reference_s" in spec:
+      row["speedup_vs_reference"] = spec["reference_s"] / row["median_s"]
+    if "reference_clips_per_s" in spec:
+      row["speedup_vs_reference"] = row["clips_per_s"] / spec["reference_clips_per_s"]
+    if "speedup_target" in spec:
+      row["meets_target"] = bool(row["speedup_vs_reference"] >= spec["speedup_target"]) and not args.quick
+  return row
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--only", default="", help="comma-separated workload names (default: all, in order)")
+  parser.add_argument("--skip", default="", help="comma-separated workload names to leave out")
+  parser.add_argument("--phase", default="all", choices=("all", "targets", "extras"),
+                      help="targets: the workloads with a reference/target; extras: scaling, bf16, ...")
+  parser.add_argument("--quick", action="store_true", help="tiny model and clips (a smoke test of the script)")
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--conv_impl", default="auto")
+  parser.add_argument("--deadline", default="", help="UTC 'HH:MM' or epoch seconds: skip what would not finish")
+  parser.add_argument("--merge", action="store_true", help="keep the other rows already in the results file")
+  parser.add_argument("--name", default="", help="results/<name>.json (default vqvae_bench[_quick])")
+  args = parser.parse_args()
+
+  names = [n for n in (args.only.split(",") if args.only else WORKLOADS) if n not in args.skip.split(",")]
+  if args.phase != "all":
+    names = [n for n in names if n not in WORKLOADS or ("group" in WORKLOADS[n]) == (args.phase == "extras")]
+  unknown = [n for n in names if n not in WORKLOADS]
+  if unknown:
+    raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
+  deadline = harness.parse_deadline(args.deadline)
+  matmul = harness.matmul_peak()
+  print(f"measured float32 matmul (2048^2, jitted): {matmul / 1e9:.1f} GFLOP/s", flush=True)
+  rec = harness.Recorder(args.name or ("vqvae_bench_quick" if args.quick else "vqvae_bench"), {
+      "description": "VQ-VAE train step (Adam, loss+grad+update in one jit), encode_to_indices and "
+                     "decode_from_indices on CPU; median of timed steps after warm-up; compile separate.",
+      "quick": args.quick, "matmul_flops_per_s": matmul, "load_average_start": list(os.getloadavg()),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }, merge=args.merge)
+  for name in names:
+    left = harness.seconds_left(deadline)
+    if left < 30:
+      rec.add({"name": name, **WORKLOADS[name], "skipped": "deadline reached before it started"})
+      print(f"{name}: skipped (deadline)", flush=True)
+      continue
+    try:
+      row = run_workload(name, WORKLOADS[name], args, matmul, deadline)
+    except Exception as e:  # pylint: disable=broad-except  # record it and go on with the other workloads
+      traceback.print_exc()
+      row = {"name": name, "skipped": f"failed: {type(e).__name__}: {str(e)[:500]}"}
+    row = rec.add(row)
+    if "median_s" in row:
+      extra = f"  speedup {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else ""
+      print(f"{name:16s} {row['median_s'] * 1e3:9.1f} ms  {row['clips_per_s']:7.2f} clips/s  compile "
+            f"{row['compile_s']:5.1f} s  MFU {row.get('mfu_vs_measured_matmul', 0):.1%}  temp "
+            f"{row.get('temp_bytes', 0) / 2**20:.0f} MiB  RSS {row['rss_run_peak_bytes'] / 2**20:.0f} MiB{extra}",
+            flush=True)
+    else:
+      print(f"{name}: {row.get('skipped')}", flush=True)
+  rec.add({"name": "matmul_peak_end", "matmul_flops_per_s": harness.matmul_peak()})
+
+
+if __name__ == "__main__":
+  main()
