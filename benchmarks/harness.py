@@ -6,6 +6,7 @@ that model-FLOPs utilisation can be read against what this machine actually does
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -14,6 +15,7 @@ import platform
 import resource
 import statistics
 import time
+import traceback
 from typing import Any, Callable
 
 import jax
@@ -92,9 +94,11 @@ def machine_info() -> dict[str, Any]:
   }
 
 
-def write_results(name: str, payload: dict[str, Any]) -> pathlib.Path:
-  RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-  path = RESULTS_DIR / f"{name}.json"
+def write_results(name: str, payload: dict[str, Any], results_dir: str | os.PathLike = RESULTS_DIR
+                  ) -> pathlib.Path:
+  results_dir = pathlib.Path(results_dir)
+  results_dir.mkdir(parents=True, exist_ok=True)
+  path = results_dir / f"{name}.json"
   payload = {"machine": machine_info(), **payload}
   path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
   print(f"wrote {path}")
@@ -210,9 +214,11 @@ class Recorder:
   few workloads of a full run); every row records when it was measured and the matmul rate of its run.
   """
 
-  def __init__(self, name: str, header: dict[str, Any], merge: bool = False):
+  def __init__(self, name: str, header: dict[str, Any], merge: bool = False,
+               results_dir: str | os.PathLike = RESULTS_DIR):
     self.name, self.header, self.rows = name, header, []
-    path = RESULTS_DIR / f"{name}.json"
+    self.results_dir = pathlib.Path(results_dir)
+    path = self.results_dir / f"{name}.json"
     run = {"date": machine_info()["date"], **{k: header[k] for k in ("matmul_flops_per_s", "load_average_start")
                                                if k in header}}
     self.header = {**header, "runs": [run]}
@@ -231,4 +237,73 @@ class Recorder:
     return row
 
   def write(self) -> pathlib.Path:
-    return write_results(self.name, {**self.header, "rows": self.rows})
+    return write_results(self.name, {**self.header, "rows": self.rows}, self.results_dir)
+
+
+# ------------------------------------------------------------------------------------- command-line suites ----
+
+
+def suite_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
+  """The flags every benchmark script shares; a script adds its own before `parse_args()`."""
+  parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--only", default="", help="comma-separated workload names (default: all, in order)")
+  parser.add_argument("--skip", default="", help="comma-separated workload names to leave out")
+  parser.add_argument("--phase", default="all", choices=("all", "targets", "extras"),
+                      help="targets: the workloads with a reference/target; extras: scaling, bf16, ...")
+  parser.add_argument("--quick", action="store_true", help=quick_help)
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--deadline", default="", help="UTC 'HH:MM' or epoch seconds: skip what would not finish")
+  parser.add_argument("--merge", action="store_true", help="keep the other rows already in the results file")
+  parser.add_argument("--name", default="", help="results/<name>.json (default <script>[_quick])")
+  parser.add_argument("--results_dir", default=str(RESULTS_DIR), help="where <name>.json is written")
+  return parser
+
+
+def select_workloads(args, workloads: dict[str, dict[str, Any]]) -> list[str]:
+  """Names picked by `--only`, `--skip` and `--phase` (targets: rows without a `group`), in declaration order."""
+  names = [n for n in (args.only.split(",") if args.only else workloads) if n not in args.skip.split(",")]
+  if args.phase != "all":
+    names = [n for n in names if n not in workloads or ("group" in workloads[n]) == (args.phase == "extras")]
+  unknown = [n for n in names if n not in workloads]
+  if unknown:
+    raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(workloads)}")
+  return names
+
+
+def run_suite(args, workloads: dict[str, dict[str, Any]], *, default_name: str, description: str,
+              run_workload: Callable[..., dict[str, Any]], report: Callable[[str, dict[str, Any]], str | None],
+              header: dict[str, Any] | None = None, matmul_at_end: bool = True) -> Recorder:
+  """Measures the matmul rate, then runs each selected workload into `results/<name>.json`.
+
+  `run_workload(name, spec, args, matmul, deadline) -> row`; a workload that raises is recorded as skipped with
+  its error and the suite goes on. `report(name, row)` returns the line to print for a measured row, or None
+  for a row that was not measured (its `skipped` reason is printed instead).
+  """
+  names = select_workloads(args, workloads)
+  deadline = parse_deadline(args.deadline)
+  matmul = matmul_peak()
+  print(f"measured float32 matmul (2048^2, jitted): {matmul / 1e9:.1f} GFLOP/s", flush=True)
+  rec = Recorder(args.name or (default_name + ("_quick" if args.quick else "")), {
+      "description": description, "quick": args.quick, "matmul_flops_per_s": matmul,
+      "load_average_start": list(os.getloadavg()), "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""), **(header or {}),
+  }, merge=args.merge, results_dir=args.results_dir)
+  for name in names:
+    spec = workloads[name]
+    if seconds_left(deadline) < 30:
+      rec.add({"name": name, **{k: v for k, v in spec.items() if k != "model"},
+               "skipped": "deadline reached before it started"})
+      print(f"{name}: skipped (deadline)", flush=True)
+      continue
+    try:
+      row = run_workload(name, spec, args, matmul, deadline)
+    except Exception as e:  # pylint: disable=broad-except  # record it and go on with the other workloads
+      traceback.print_exc()
+      row = {"name": name, "skipped": f"failed: {type(e).__name__}: {str(e)[:500]}"}
+    row = rec.add(row)
+    line = report(name, row)
+    print(line if line is not None else f"{name}: {row.get('skipped')}", flush=True)
+  if matmul_at_end:
+    rec.add({"name": "matmul_peak_end", "matmul_flops_per_s": matmul_peak()})
+  return rec

@@ -17,10 +17,8 @@ cross-entropy over all tokens, dropout on (`rngs={"dropout": ...}`), loss + grad
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import traceback
 from typing import Any
 
 import jax
@@ -190,60 +188,26 @@ def run_frame_encoder(name, spec, model_kwargs, args, matmul, deadline) -> dict[
   return row
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--only", default="", help="comma-separated workload names (default: all, in order)")
-  parser.add_argument("--skip", default="", help="comma-separated workload names to leave out")
-  parser.add_argument("--phase", default="all", choices=("all", "targets", "extras"),
-                      help="targets: the workloads with a reference/target; extras: scaling, bf16, ...")
-  parser.add_argument("--quick", action="store_true", help="tiny model and grid (a smoke test of the script)")
-  parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--deadline", default="", help="UTC 'HH:MM' or epoch seconds: skip what would not finish")
-  parser.add_argument("--merge", action="store_true", help="keep the other rows already in the results file")
-  parser.add_argument("--name", default="", help="results/<name>.json (default prior_bench[_quick])")
-  args = parser.parse_args()
+def report(name: str, row: dict[str, Any]) -> str | None:
+  if "median_s" not in row:
+    return None
+  if "seq_len" not in row:
+    return (f"{name:24s} {row['median_s'] * 1e3:9.1f} ms  compile {row['compile_s']:5.1f} s  MFU(xla) "
+            f"{row.get('mfu_vs_measured_matmul', 0):.1%}")
+  extra = f"  speedup {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else ""
+  return (f"{name:24s} L={row['seq_len']:5d} {row['median_s'] * 1e3:9.1f} ms  {row['tokens_per_s']:8.0f} tok/s  "
+          f"compile {row['compile_s']:5.1f} s  MFU(xla) {row.get('mfu_vs_measured_matmul', 0):.1%}  MFU(analytic) "
+          f"{row['model_flops_utilisation_analytic']:.1%}  temp {row.get('temp_bytes', 0) / 2**20:.0f} MiB  "
+          f"RSS {row['rss_run_peak_bytes'] / 2**20:.0f} MiB{extra}")
 
-  names = [n for n in (args.only.split(",") if args.only else WORKLOADS) if n not in args.skip.split(",")]
-  if args.phase != "all":
-    names = [n for n in names if n not in WORKLOADS or ("group" in WORKLOADS[n]) == (args.phase == "extras")]
-  unknown = [n for n in names if n not in WORKLOADS]
-  if unknown:
-    raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-  deadline = harness.parse_deadline(args.deadline)
-  matmul = harness.matmul_peak()
-  print(f"measured float32 matmul (2048^2, jitted): {matmul / 1e9:.1f} GFLOP/s", flush=True)
-  rec = harness.Recorder(args.name or ("prior_bench_quick" if args.quick else "prior_bench"), {
-      "description": "GPT prior train step (Adam, cross-entropy, dropout on; loss+grad+update in one jit) on CPU; "
-                     "median of timed steps after warm-up; compile separate. model_flops is analytic "
-                     "(6 x matmul params x tokens + attention scores); flops is XLA's (loop bodies once).",
-      "quick": args.quick, "matmul_flops_per_s": matmul, "load_average_start": list(os.getloadavg()),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-  }, merge=args.merge)
-  for name in names:
-    if harness.seconds_left(deadline) < 30:
-      rec.add({"name": name, **{k: v for k, v in WORKLOADS[name].items() if k != "model"},
-               "skipped": "deadline reached before it started"})
-      print(f"{name}: skipped (deadline)", flush=True)
-      continue
-    try:
-      row = run_workload(name, WORKLOADS[name], args, matmul, deadline)
-    except Exception as e:  # pylint: disable=broad-except  # record it and go on with the other workloads
-      traceback.print_exc()
-      row = {"name": name, "skipped": f"failed: {type(e).__name__}: {str(e)[:500]}"}
-    row = rec.add(row)
-    if "median_s" in row and "seq_len" not in row:
-      print(f"{name:24s} {row['median_s'] * 1e3:9.1f} ms  compile {row['compile_s']:5.1f} s  MFU(xla) "
-            f"{row.get('mfu_vs_measured_matmul', 0):.1%}", flush=True)
-    elif "median_s" in row:
-      extra = f"  speedup {row['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in row else ""
-      print(f"{name:24s} L={row['seq_len']:5d} {row['median_s'] * 1e3:9.1f} ms  {row['tokens_per_s']:8.0f} tok/s  "
-            f"compile {row['compile_s']:5.1f} s  MFU(xla) {row.get('mfu_vs_measured_matmul', 0):.1%}  MFU(analytic) "
-            f"{row['model_flops_utilisation_analytic']:.1%}  temp {row.get('temp_bytes', 0) / 2**20:.0f} MiB  "
-            f"RSS {row['rss_run_peak_bytes'] / 2**20:.0f} MiB{extra}", flush=True)
-    else:
-      print(f"{name}: {row.get('skipped')}", flush=True)
-  rec.add({"name": "matmul_peak_end", "matmul_flops_per_s": harness.matmul_peak()})
+
+def main() -> None:
+  args = harness.suite_parser(__doc__, "tiny model and grid (a smoke test of the script)").parse_args()
+  harness.run_suite(
+      args, WORKLOADS, default_name="prior_bench", run_workload=run_workload, report=report,
+      description="GPT prior train step (Adam, cross-entropy, dropout on; loss+grad+update in one jit) on CPU; "
+                  "median of timed steps after warm-up; compile separate. model_flops is analytic "
+                  "(6 x matmul params x tokens + attention scores); flops is XLA's (loop bodies once).")
 
 
 if __name__ == "__main__":

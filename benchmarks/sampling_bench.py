@@ -17,11 +17,8 @@ Workloads:
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
-import traceback
 from typing import Any
 
 import jax
@@ -131,57 +128,25 @@ def run_workload(name: str, spec: dict[str, Any], args, matmul: float, deadline:
   return row
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--only", default="", help="comma-separated workload names (default: all, in order)")
-  parser.add_argument("--skip", default="", help="comma-separated workload names to leave out")
-  parser.add_argument("--phase", default="all", choices=("all", "targets", "extras"),
-                      help="targets: the workloads with a reference/target; extras: scaling, bf16, ...")
-  parser.add_argument("--quick", action="store_true", help="tiny prior (a smoke test of the script)")
-  parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--window", type=int, default=128, help="decode steps per window measurement")
-  parser.add_argument("--deadline", default="", help="UTC 'HH:MM' or epoch seconds: skip what would not finish")
-  parser.add_argument("--merge", action="store_true", help="keep the other rows already in the results file")
-  parser.add_argument("--name", default="", help="results/<name>.json (default sampling_bench[_quick])")
-  args = parser.parse_args()
+def report(name: str, row: dict[str, Any]) -> str | None:
+  if "tokens_per_s" in row:
+    return (f"{name:16s} L={row['seq_len']} {row['median_s']:.3f} s  {row['tokens_per_s']:.0f} tok/s  speedup "
+            f"{row['speedup_vs_reference']:.1f}x  (first call {row['first_call_s']:.1f} s)")
+  if "positions" in row:
+    cells = [f"{p.get('p0', p.get('pos'))}: " + (f"{p['ms_per_token_step']:.2f} ms/step" if "ms_per_token_step"
+                                                  in p else f"{p.get('median_s', float('nan')) * 1e3:.2f} ms")
+             for p in row["positions"]]
+    return f"{name:16s} L={row['seq_len']}  " + ", ".join(cells)
+  return None
 
-  names = [n for n in (args.only.split(",") if args.only else WORKLOADS) if n not in args.skip.split(",")]
-  if args.phase != "all":
-    names = [n for n in names if n not in WORKLOADS or ("group" in WORKLOADS[n]) == (args.phase == "extras")]
-  unknown = [n for n in names if n not in WORKLOADS]
-  if unknown:
-    raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(WORKLOADS)}")
-  deadline = harness.parse_deadline(args.deadline)
-  matmul = harness.matmul_peak()
-  print(f"measured float32 matmul (2048^2, jitted): {matmul / 1e9:.1f} GFLOP/s", flush=True)
-  rec = harness.Recorder(args.name or ("sampling_bench_quick" if args.quick else "sampling_bench"), {
-      "description": "Autoregressive sampling with per-layer KV caches (one lax.scan in one jit) on CPU.",
-      "quick": args.quick, "matmul_flops_per_s": matmul, "load_average_start": list(os.getloadavg()),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-  }, merge=args.merge)
-  for name in names:
-    if harness.seconds_left(deadline) < 30:
-      rec.add({"name": name, **{k: v for k, v in WORKLOADS[name].items() if k != "model"},
-               "skipped": "deadline reached before it started"})
-      print(f"{name}: skipped (deadline)", flush=True)
-      continue
-    try:
-      row = run_workload(name, WORKLOADS[name], args, matmul, deadline)
-    except Exception as e:  # pylint: disable=broad-except  # record it and go on with the other workloads
-      traceback.print_exc()
-      row = {"name": name, "skipped": f"failed: {type(e).__name__}: {str(e)[:500]}"}
-    row = rec.add(row)
-    if "tokens_per_s" in row:
-      print(f"{name:16s} L={row['seq_len']} {row['median_s']:.3f} s  {row['tokens_per_s']:.0f} tok/s  speedup "
-            f"{row['speedup_vs_reference']:.1f}x  (first call {row['first_call_s']:.1f} s)", flush=True)
-    elif "positions" in row:
-      cells = [f"{p.get('p0', p.get('pos'))}: " + (f"{p['ms_per_token_step']:.2f} ms/step" if "ms_per_token_step"
-                                                    in p else f"{p.get('median_s', float('nan')) * 1e3:.2f} ms")
-               for p in row["positions"]]
-      print(f"{name:16s} L={row['seq_len']}  " + ", ".join(cells), flush=True)
-    else:
-      print(f"{name}: {row.get('skipped')}", flush=True)
+
+def main() -> None:
+  parser = harness.suite_parser(__doc__, "tiny prior (a smoke test of the script)")
+  parser.add_argument("--window", type=int, default=128, help="decode steps per window measurement")
+  args = parser.parse_args()
+  harness.run_suite(
+      args, WORKLOADS, default_name="sampling_bench", run_workload=run_workload, report=report, matmul_at_end=False,
+      description="Autoregressive sampling with per-layer KV caches (one lax.scan in one jit) on CPU.")
 
 
 if __name__ == "__main__":
