@@ -6,7 +6,7 @@ exact formulation per backend behind `impl="auto"`); these modules only own the 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,8 +33,37 @@ def torch_uniform(fan_in: int):
   return init
 
 
-class SamePadConv3D(nn.Module):
+class _SamePadConv(nn.Module):
+  """Parameters shared by the two original-padding convolutions; subclasses set `transposed`."""
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  use_bias: bool = True
+  impl: str = "auto"
+
+  transposed: ClassVar[bool] = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    ks = _triple(self.kernel_size, "kernel_size")
+    strides = _triple(self.strides, "strides")
+    # PyTorch computes a ConvTranspose's fan-in from the weight's dim 1, i.e. the *output* channels.
+    fan_in = (self.features if self.transposed else x.shape[-1]) * math.prod(ks)
+    kernel = self.param("kernel", nn.with_logical_partitioning(torch_uniform(fan_in), _KERNEL_AXES),
+                        (*ks, x.shape[-1], self.features))
+    conv = conv_ops.conv_transpose3d if self.transposed else conv_ops.conv3d
+    y = conv(x, kernel, strides, impl=self.impl)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("conv_out",)),
+                        (self.features,))
+      y = y + bias
+    return y
+
+
+class SamePadConv3D(_SamePadConv):
   """The original's `SamePadConv3d`: pad `k - s` (larger half in front), then a strided 3D convolution.
+
+  `x (B, T, H, W, C_in) -> (B, T/sT, H/sH, W/sW, features)`.
 
   Attributes:
     features: output channels.
@@ -43,57 +72,19 @@ class SamePadConv3D(nn.Module):
     use_bias: add a per-channel bias.
     impl: `conv_ops` formulation ("auto" picks the fastest exact one for the backend).
   """
-  features: int
-  kernel_size: int | Sequence[int]
-  strides: int | Sequence[int] = 1
-  use_bias: bool = True
-  impl: str = "auto"
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x `(B, T, H, W, C_in)` -> `(B, T/sT, H/sH, W/sW, features)`."""
-    ks = _triple(self.kernel_size, "kernel_size")
-    strides = _triple(self.strides, "strides")
-    fan_in = x.shape[-1] * math.prod(ks)
-    kernel = self.param("kernel", nn.with_logical_partitioning(torch_uniform(fan_in), _KERNEL_AXES),
-                        (*ks, x.shape[-1], self.features))
-    y = conv_ops.conv3d(x, kernel, strides, impl=self.impl)
-    if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("conv_out",)),
-                        (self.features,))
-      y = y + bias
-    return y
+  transposed: ClassVar[bool] = False
 
 
-class SamePadConvTranspose3D(nn.Module):
+class SamePadConvTranspose3D(_SamePadConv):
   """The original's `SamePadConvTranspose3d`: output is exactly `strides` x the input.
 
-  The kernel is stored `(kT, kH, kW, C_in, C_out)` and NOT flipped (`conv_ops.conv_transpose3d` flips it), so a
-  PyTorch `ConvTranspose3d` weight `(C_in, C_out, k...)` imports by a transpose alone.
+  `x (B, T, H, W, C_in) -> (B, T*sT, H*sH, W*sW, features)`. The kernel is stored `(kT, kH, kW, C_in, C_out)` and
+  NOT flipped (`conv_ops.conv_transpose3d` flips it), so a PyTorch `ConvTranspose3d` weight `(C_in, C_out, k...)`
+  imports by a transpose alone.
 
   Attributes: as `SamePadConv3D`.
   """
-  features: int
-  kernel_size: int | Sequence[int]
-  strides: int | Sequence[int] = 1
-  use_bias: bool = True
-  impl: str = "auto"
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x `(B, T, H, W, C_in)` -> `(B, T*sT, H*sH, W*sW, features)`."""
-    ks = _triple(self.kernel_size, "kernel_size")
-    strides = _triple(self.strides, "strides")
-    # PyTorch computes a ConvTranspose's fan-in from the weight's dim 1, i.e. the *output* channels.
-    fan_in = self.features * math.prod(ks)
-    kernel = self.param("kernel", nn.with_logical_partitioning(torch_uniform(fan_in), _KERNEL_AXES),
-                        (*ks, x.shape[-1], self.features))
-    y = conv_ops.conv_transpose3d(x, kernel, strides, impl=self.impl)
-    if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("conv_out",)),
-                        (self.features,))
-      y = y + bias
-    return y
+  transposed: ClassVar[bool] = True
 
 
 class BatchNorm(nn.Module):
