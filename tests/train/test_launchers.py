@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -12,6 +13,8 @@ import time
 
 import ml_collections
 import pytest
+
+from experiments import launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -150,3 +153,23 @@ def test_runlocal_vqvae_then_gpt_then_sample(tfds_dir, tmp_path):
                    "--num_samples=2", TFDS_DATA_DIR=str(tfds_dir))
   assert sample.returncode == 0, sample.stderr[-3000:]
   assert (tmp_path / "s" / "samples.gif").stat().st_size > 0
+
+
+def _record(pathname: str, level: int, msg: str, *args) -> logging.LogRecord:
+  return logging.LogRecord("absl", level, pathname, 1, msg, args, None)
+
+
+def test_quiet_libraries_filter():
+  quiet = launch.QuietLibraries()
+  tfds_path = "/v/site-packages/tensorflow_datasets/core/features/feature.py"
+  tf_path = "/v/site-packages/tensorflow/python/util/deprecation.py"
+  # Library INFO is dropped, project INFO kept.
+  assert not quiet.filter(_record("/v/site-packages/orbax/checkpoint/x.py", logging.INFO, "saving"))
+  assert quiet.filter(_record("/repo/videogpt_jax/train/loop.py", logging.INFO, "step 1"))
+  # The libraries' notices about their own internals are dropped (also when formatted from args) ...
+  assert not quiet.filter(_record(tfds_path, logging.WARNING, "`TensorInfo.dtype` is deprecated. Please ..."))
+  assert not quiet.filter(_record(tf_path, logging.WARNING, "From %s: calling %s (from %s) is deprecated",
+                                  "x.py:1", "map_fn_v2", "tf"))
+  # ... but their other warnings, and the same words from project code, still show.
+  assert quiet.filter(_record(tfds_path, logging.WARNING, "manual_dir is empty"))
+  assert quiet.filter(_record("/repo/videogpt_jax/data/x.py", logging.WARNING, "`TensorInfo.dtype` is deprecated"))
