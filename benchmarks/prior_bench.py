@@ -28,6 +28,7 @@ import optax
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from benchmarks import harness  # noqa: E402
+from videogpt_jax.models import attention_patterns  # noqa: E402
 from videogpt_jax.models import conditioning  # noqa: E402
 from videogpt_jax.models import gpt as gpt_lib  # noqa: E402
 from videogpt_jax.models import sparse_layout  # noqa: E402
@@ -75,10 +76,16 @@ WORKLOADS = _workloads()
 
 
 def keys_per_query(shape: tuple[int, ...], attn_type: str) -> float:
-  """Mean number of keys each query scores in the implementation (full attention scores the masked half too)."""
+  """Mean number of keys each query scores in the implementation: causal full attention scores, per query block,
+  the keys up to the block's end (above `FULL_CHUNK_THRESHOLD` tokens every chunk scores all keys, masked)."""
   length = int(np.prod(shape))
   if attn_type == "full":
-    return float(length)
+    if length > attention_patterns.FULL_CHUNK_THRESHOLD:
+      return float(length)
+    block = min(attention_patterns.FULL_QUERY_BLOCK, length)
+    ends = np.minimum(np.arange(block, length + block, block), length)
+    sizes = np.diff(np.concatenate([[0], ends]))
+    return float((sizes * ends).sum() / length)
   if attn_type == "axial":
     return float(sum(shape))
   index, _ = sparse_layout.gather_table(shape, True, 32, 4)

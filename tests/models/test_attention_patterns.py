@@ -222,6 +222,28 @@ def test_full_chunked_path_matches_dense(monkeypatch, causal):
     assert rel_err(g, g_ref) <= 1e-5
 
 
+@pytest.mark.parametrize("block", [16, 24, 80])
+def test_full_block_causal_path_matches_dense(monkeypatch, block):
+  """Query blocks that score only the keys up to their own end (16: 5 blocks; 24: uneven last block; 80: one)."""
+  monkeypatch.setattr(ap, "FULL_QUERY_BLOCK", block)
+  shape = (4, 4, 5)
+  q, k, v = qkv(shape, seed=9)
+  ct = jax.random.normal(jax.random.PRNGKey(3), q.shape)
+  f = jax.jit(lambda q, k, v: ap.attend(q, k, v, shape=shape, attn_type="full", precision=jax.lax.Precision.HIGHEST))
+  out, vjp = jax.vjp(f, q, k, v)
+  ref, ref_vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, ap.dense_mask(shape, "full")), q, k, v)
+  assert rel_err(out, ref) <= 1e-5
+  for g, g_ref in zip(vjp(ct), ref_vjp(ct)):
+    assert rel_err(g, g_ref) <= 1e-5
+  # Dropout: deterministic per key, different per key, unbiased.
+  g = jax.jit(lambda rng: ap.attend(q, k, jnp.ones_like(v), shape=shape, attn_type="full", dropout_rate=0.3,
+                                    dropout_rng=rng, deterministic=False))
+  np.testing.assert_array_equal(g(jax.random.PRNGKey(0)), g(jax.random.PRNGKey(0)))
+  assert not np.allclose(g(jax.random.PRNGKey(0)), g(jax.random.PRNGKey(1)))
+  mass = g(jax.random.PRNGKey(1))
+  assert abs(float(mass.mean()) - 1.0) < 0.05 and float(mass.std()) > 0.05
+
+
 @pytest.mark.parametrize("attn_type,shape,block,nlb", CASES[:1] + CASES[2:3] + CASES[4:5])
 def test_causality(attn_type, shape, block, nlb):
   q, k, v = qkv(shape, batch=1, seed=4)
@@ -310,3 +332,22 @@ def test_bair_size_memory_is_subquadratic(attn_type):
     assert largest <= 4 * length * 384
   value, grads = step(q, k, v)
   assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.1, 0.001, 0.999])
+def test_keep_mask_rate_and_independence(rate):
+  """The 8-bit keep-mask keeps each element with the returned probability (rate rounded to 1/256), independently."""
+  keep, keep_prob = ap.keep_mask(jax.random.PRNGKey(0), (3, 5, 1001), rate)
+  assert keep.shape == (3, 5, 1001) and keep.dtype == jnp.bool_
+  if 0 < round(rate * 256) < 256:
+    assert keep_prob == (256 - round(rate * 256)) / 256 and abs(keep_prob - (1 - rate)) <= 1 / 512
+  else:
+    assert keep_prob == 1 - rate  # tiny and huge rates fall back to exact Bernoulli draws
+  frac = float(keep.mean())
+  assert abs(frac - keep_prob) < 4 * np.sqrt(keep_prob * (1 - keep_prob) / keep.size) + 1e-4
+  # Neighbouring elements (which share a 32-bit word) are uncorrelated, and other keys give other masks.
+  flat = np.asarray(keep, np.float32).ravel()
+  if 0.01 < keep_prob < 0.99:
+    assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.03
+  other, _ = ap.keep_mask(jax.random.PRNGKey(1), (3, 5, 1001), rate)
+  assert not np.array_equal(np.asarray(keep), np.asarray(other)) or keep_prob in (0.0, 1.0)

@@ -18,6 +18,8 @@ Patterns (`attn_type`):
     `attn_dropout` for sparse attention; `attend` applies whatever `dropout_rate` it is given, so a caller that
     wants the original's behaviour passes 0.
 
+Attention dropout rounds its rate to a multiple of 1/256 (see `keep_mask`: a quarter of the random draws).
+
 Logits are computed in float32 (`preferred_element_type`), scaled by `1/sqrt(Dh)`, softmaxed in float32; the
 probabilities are cast back to the value dtype before the value matmul (as the original's `type_as`), and the
 output has q's dtype.
@@ -41,6 +43,10 @@ ATTN_TYPES = ("full", "axial", "sparse")
 # backward pass), so no (L, L) score tensor is ever live: at 8192 tokens one head's scores alone are 256 MiB.
 FULL_CHUNK_THRESHOLD = 2048
 FULL_QUERY_CHUNK = 512
+# Up to that length causal full attention runs in query blocks of this many tokens, each scoring only the keys
+# up to its own last query: about half the work of a masked (L, L) product, and score tensors small enough to
+# stay in cache (4x faster forward + backward than `jax.nn.dot_product_attention` at 1,024 tokens on CPU).
+FULL_QUERY_BLOCK = 128
 
 _NEG_INF = float(np.finfo(np.float32).min)
 
@@ -104,13 +110,30 @@ def decode_mask(shape: Sequence[int], attn_type: str, pos: jax.Array, causal: bo
 # --------------------------------------------------------------------------------------------- attention ----
 
 
+def keep_mask(rng: jax.Array, shape: Sequence[int], rate: float) -> tuple[jax.Array, float]:
+  """A dropout keep-mask of `shape` and its keep probability, from 8 random bits per element.
+
+  Attention dropout draws one number per score, and on CPU the threefry draws cost more than the attention
+  itself. Four 8-bit draws per 32-bit word quarter that work; the price is a rate rounded to 1/256 (0.3 drops
+  77/256 = 0.3008). The caller divides by the returned keep probability, so dropout stays unbiased. Rates that
+  round to 0 or 1 use `jax.random.bernoulli`.
+  """
+  threshold = round(rate * 256)
+  if not 0 < threshold < 256:
+    return jax.random.bernoulli(rng, 1.0 - rate, tuple(shape)), 1.0 - rate
+  n = math.prod(shape)
+  words = jax.random.bits(rng, (-(-n // 4),), jnp.uint32)
+  draws = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:n].reshape(tuple(shape))
+  return draws >= threshold, (256 - threshold) / 256
+
+
 def _dropout(probs: jax.Array, rate: float, rng: jax.Array | None, deterministic: bool) -> jax.Array:
   if deterministic or rate == 0.0:
     return probs
   if rng is None:
     raise ValueError("attention dropout needs dropout_rng when deterministic=False and dropout_rate > 0")
-  keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
-  return jnp.where(keep, probs / (1.0 - rate), 0.0).astype(probs.dtype)
+  keep, keep_prob = keep_mask(rng, probs.shape, rate)
+  return jnp.where(keep, probs / keep_prob, 0.0).astype(probs.dtype)
 
 
 def _logits(spec: str, q: jax.Array, k: jax.Array, precision) -> jax.Array:
@@ -127,10 +150,27 @@ def _masked_attention(q, k, v, mask, *, rate, rng, deterministic, precision):
   return out.astype(q.dtype)
 
 
+def _block_causal_attention(q, k, v, *, rate, rng, deterministic, precision):
+  """Causal attention by query blocks: block i (queries [i*c, (i+1)*c)) scores keys [0, (i+1)*c) only."""
+  length = q.shape[1]
+  block = min(FULL_QUERY_BLOCK, length)
+  no_dropout = deterministic or rate == 0.0
+  outs = []
+  for i, start in enumerate(range(0, length, block)):
+    stop = min(start + block, length)
+    mask = np.arange(stop)[None, :] <= np.arange(start, stop)[:, None]  # static (stop - start, stop)
+    block_rng = None if no_dropout else jax.random.fold_in(rng, i)
+    outs.append(_masked_attention(q[:, start:stop], k[:, :stop], v[:, :stop], mask, rate=rate, rng=block_rng,
+                                  deterministic=deterministic, precision=precision))
+  return jnp.concatenate(outs, axis=1)
+
+
 def _full_attention(q, k, v, *, causal, rate, rng, deterministic, precision):
   length = q.shape[1]
   no_dropout = deterministic or rate == 0.0
   if length <= FULL_CHUNK_THRESHOLD:
+    if causal:
+      return _block_causal_attention(q, k, v, rate=rate, rng=rng, deterministic=deterministic, precision=precision)
     if no_dropout and precision is None:
       return jax.nn.dot_product_attention(q, k, v, is_causal=causal).astype(q.dtype)
     mask = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None] if causal else True
