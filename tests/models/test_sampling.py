@@ -57,11 +57,50 @@ def test_sampling_is_deterministic_and_valid():
   assert 0 <= int(a.min()) and int(a.max()) < module.n_codes
 
 
+@pytest.mark.parametrize("variant", ["uncond", "framecond", "classcond"])
+def test_samples_do_not_depend_on_group_size(variant):
+  """Decoding in groups (CPU: KV caches that fit the processor's cache) gives the batch's samples exactly,
+  including a padded last group."""
+  _, module, variables, kw = original(variant)
+  n = 3
+  cond = {k: jnp.concatenate([v, v[:1]])[:n] for k, v in kw.items()}
+  whole = videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=n, **cond)
+  for group in (1, 2):
+    np.testing.assert_array_equal(
+        whole, videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=group, **cond))
+  assert len({np.asarray(whole[i]).tobytes() for i in range(n)}) == n  # independent draws per sample
+  with pytest.raises(ValueError, match="group_size"):
+    videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=0, **cond)
+
+
+def test_default_group_size_keeps_caches_within_budget():
+  _, module, _, _ = original("uncond")
+  big = module.clone(shape=(8, 32, 32), hidden_dim=576, layers=8)
+  assert sampling.kv_cache_bytes(big) == 8 * 2 * 576 * 8192 * 4
+  if jax.default_backend() == "cpu":
+    assert sampling.default_group_size(big, 16) == 1  # 75 MiB per sample: one at a time
+    assert sampling.default_group_size(module, 5) == 5  # tiny caches: the whole batch
+  else:
+    assert sampling.default_group_size(big, 16) == 16
+
+
+def test_sampled_tokens_follow_the_softmax():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  ids = jnp.arange(20000, dtype=jnp.int32)
+  draws = jax.jit(lambda t: sampling._sample_tokens(jax.random.PRNGKey(0), jnp.int32(7), ids,
+                                                    jnp.broadcast_to(logits, (ids.size, 4)), t))
+  freq = np.bincount(np.asarray(draws(jnp.float32(1.0))), minlength=4) / ids.size
+  np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
+  hot = np.bincount(np.asarray(draws(jnp.float32(0.25))), minlength=4) / ids.size
+  p = np.array([0.5, 0.3, 0.15, 0.05]) ** 4
+  np.testing.assert_allclose(hot, p / p.sum(), atol=0.015)
+
+
 def test_compiled_once_per_configuration():
   _, module, variables, _ = original("uncond")
   videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2)
   before = sampling._compiled_sampler.cache_info()
-  fn = sampling._compiled_sampler(module, 2, None, False, False)
+  fn = sampling._compiled_sampler(module, 2, None, False, False, sampling.default_group_size(module, 2))
   traces = fn._cache_size()
   for seed in range(3):
     videogpt_jax.sample(module, variables, jax.random.PRNGKey(seed), 2)
