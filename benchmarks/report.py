@@ -190,8 +190,8 @@ def flatness(sa: dict) -> list[str]:
       continue
     cells = ", ".join(f"from token {p['p0']}: {p['ms_per_token_step']:.2f} ms" for p in row["positions"]
                       if "ms_per_token_step" in p)
-    out.append(f"- {label}, B=4, {row['window']} decode steps under one scan: {cells} per step "
-               f"(max/min {row.get('flatness_max_over_min', float('nan')):.2f}; a whole sample would take "
+    out.append(f"- {label}, all 4 samples in one batch, {row['window']} decode steps under one scan: {cells} per "
+               f"step (max/min {row.get('flatness_max_over_min', float('nan')):.2f}; a whole batch would take "
                f"≈{row.get('projected_full_sample_s', float('nan')):.2f} s).")
   row = sa.get("step_b4")
   if row and row.get("positions"):
@@ -267,12 +267,11 @@ def conditions(data: list[dict | None]) -> list[str]:
           "the 2 cores). The verdicts use the measured times as they are. The “≈… at 190 GFLOP/s” figures "
           "rescale each speedup by 190 / (this run's matmul rate): an estimate of the speedup on an idle machine, "
           "valid for compute-bound steps only (not for sampling, which is bound by per-step overheads). Each "
-          "cell gives the 1-minute load average when its row was recorded: the other jobs stopped around 13:20 "
-          "UTC (the matmul rate re-measured at the end of the last run: "
-          + ", ".join(f"{e / 1e9:.0f}" for e in ends) + " GFLOP/s), so rows recorded late (bf16 prior rows, the "
-          "frame-encoder diagnostic, the 4k-8k scaling rows) ran on a quieter machine than the float32 target rows "
-          "and their MFU (computed against the earlier, contended matmul rate) reads too high: compare float32 "
-          "and bf16 only with that in mind.", ""]
+          "cell gives the 1-minute load average when its row was recorded, and every row its run's matmul rate "
+          "(in the JSON): rows from different runs saw different machines (the matmul rate re-measured at the "
+          "end of runs: " + ", ".join(f"{e / 1e9:.0f}" for e in ends) + " GFLOP/s). Even on an idle machine this "
+          "VM's step times vary by up to ±20% between repeats (sampling B=4: 0.95–1.43 s within one run), so "
+          "compare rows measured in the same run, and float32 with bf16 only with that in mind.", ""]
 
 
 def machine(data: dict[str, dict | None]) -> list[str]:
@@ -346,7 +345,10 @@ def main() -> None:
       *bair_memory(pr, rows_by_name(load("prior_bench_sched" + args.suffix))),
       "",
       "Per-token sampling cost vs position (KV caches; each step attends over the fixed-size cache with a mask, so "
-      "the work per token does not grow with the position):",
+      "the work per token does not grow with the position). `videogpt_jax.sample` on CPU decodes the samples in "
+      "groups whose caches fit the processor's last-level cache (here 2 at a time: 6 MiB of cache per sample), "
+      "which is what the sampling row of the target table measures; the window rows below decode all four "
+      "together, where each step reads 25 MiB of cache:",
       "",
       *flatness(sa),
       "",

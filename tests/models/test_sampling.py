@@ -58,7 +58,7 @@ def test_sampling_is_deterministic_and_valid():
 
 
 @pytest.mark.parametrize("variant", ["uncond", "framecond", "classcond"])
-def test_samples_do_not_depend_on_group_size(variant):
+def test_samples_do_not_depend_on_group_size_or_chunking(variant, monkeypatch):
   """Decoding in groups (CPU: KV caches that fit the processor's cache) gives the batch's samples exactly,
   including a padded last group."""
   _, module, variables, kw = original(variant)
@@ -68,6 +68,12 @@ def test_samples_do_not_depend_on_group_size(variant):
   for group in (1, 2):
     np.testing.assert_array_equal(
         whole, videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=group, **cond))
+  # Random numbers drawn per chunk of positions: the chunk length does not change the draws.
+  monkeypatch.setattr(sampling, "DECODE_CHUNK", 4)
+  sampling._compiled_sampler.cache_clear()
+  np.testing.assert_array_equal(
+      whole, videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=n, **cond))
+  sampling._compiled_sampler.cache_clear()
   assert len({np.asarray(whole[i]).tobytes() for i in range(n)}) == n  # independent draws per sample
   with pytest.raises(ValueError, match="group_size"):
     videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=0, **cond)
@@ -87,8 +93,8 @@ def test_default_group_size_keeps_caches_within_budget():
 def test_sampled_tokens_follow_the_softmax():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   ids = jnp.arange(20000, dtype=jnp.int32)
-  draws = jax.jit(lambda t: sampling._sample_tokens(jax.random.PRNGKey(0), jnp.int32(7), ids,
-                                                    jnp.broadcast_to(logits, (ids.size, 4)), t))
+  noise = sampling.gumbel_noise(jax.random.PRNGKey(0), jnp.array([7]), ids, 4)[0]  # (samples, codes)
+  draws = jax.jit(lambda t: jnp.argmax(logits / t + noise, axis=-1))
   freq = np.bincount(np.asarray(draws(jnp.float32(1.0))), minlength=4) / ids.size
   np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.015)
   hot = np.bincount(np.asarray(draws(jnp.float32(0.25))), minlength=4) / ids.size

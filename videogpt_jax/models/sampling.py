@@ -13,6 +13,7 @@ equals the full forward up to float rounding, which is how the cached path is te
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -22,6 +23,8 @@ import numpy as np
 from videogpt_jax.models.gpt import GPT
 
 _NEG_INF = -1e30
+# Positions decoded per chunk, whose random numbers are drawn together (see `_decode_scan`).
+DECODE_CHUNK = 64
 
 
 def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: jax.Array | float | None = None
@@ -45,8 +48,14 @@ def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: jax.Array 
 
 
 def _decode_scan(gpt: GPT, variables: Any, batch: int, cond_frames: jax.Array | None, labels: jax.Array | None,
-                 step: Callable, init: Any, xs: Any):
-  """Runs `step(carry, x, logits) -> (carry, prev_codes, y)` over all raster positions with KV caches."""
+                 step: Callable, init: Any, xs: Any, chunk_xs: Callable | None = None):
+  """Runs `step(carry, pos, x, logits) -> (carry, prev_codes, y)` over all raster positions with KV caches.
+
+  `xs` holds one entry per position (leading axis L), or is None. Alternatively `chunk_xs(positions)` makes the
+  entries for a chunk of `DECODE_CHUNK` positions at a time, just before they are decoded: the sampler draws its
+  random numbers that way, in one batched call per chunk rather than a small one per token (XLA:CPU runs the
+  random-number generator as a rolled loop, whose per-call overhead costs more than a token's attention).
+  """
   cond = gpt.apply(variables, cond_frames, labels, batch, method=GPT.prepare_decode)
 
   def body(state, inputs):
@@ -58,8 +67,16 @@ def _decode_scan(gpt: GPT, variables: Any, batch: int, cond_frames: jax.Array | 
 
   state = (gpt.init_cache(batch), jnp.zeros((batch,), jnp.int32), init)
   positions = jnp.arange(gpt.seq_len, dtype=jnp.int32)
-  _, ys = jax.lax.scan(body, state, (positions, xs))
-  return ys
+  if chunk_xs is None:
+    _, ys = jax.lax.scan(body, state, (positions, xs))
+    return ys
+  chunk = math.gcd(gpt.seq_len, DECODE_CHUNK)
+
+  def chunk_body(state, chunk_positions):
+    return jax.lax.scan(body, state, (chunk_positions, chunk_xs(chunk_positions)))
+
+  _, ys = jax.lax.scan(chunk_body, state, positions.reshape(-1, chunk))
+  return jax.tree.map(lambda y: y.reshape(gpt.seq_len, *y.shape[2:]), ys)
 
 
 # On CPU, samples are decoded in groups whose KV caches fit in the last-level cache: every step reads the whole
@@ -81,17 +98,15 @@ def default_group_size(gpt: GPT, n: int) -> int:
   return max(1, min(n, CPU_GROUP_CACHE_BYTES // kv_cache_bytes(gpt)))
 
 
-def _sample_tokens(rng: jax.Array, pos: jax.Array, sample_ids: jax.Array, logits: jax.Array,
-                   temperature: jax.Array) -> jax.Array:
-  """Draws from softmax(logits / temperature) per row, with the Gumbel-max trick on per-sample keys.
+def gumbel_noise(rng: jax.Array, positions: jax.Array, sample_ids: jax.Array, n_codes: int) -> jax.Array:
+  """Gumbel noise `(len(positions), len(sample_ids), n_codes)` for sampling by the Gumbel-max trick.
 
-  Sample i at position `pos` uses the key `fold_in(fold_in(rng, pos), i)`, so its draw does not depend on which
-  other samples share its batch or group.
+  Sample i at position p uses the key `fold_in(fold_in(rng, p), i)`, so its draw does not depend on which other
+  samples share its batch or group, nor on how positions are chunked.
   """
-  step_key = jax.random.fold_in(rng, pos)
-  noise = jax.vmap(lambda i: jax.random.gumbel(jax.random.fold_in(step_key, i), logits.shape[-1:],
-                                               jnp.float32))(sample_ids)
-  return jnp.argmax(logits.astype(jnp.float32) / temperature + noise, axis=-1)
+  def one(p, i):
+    return jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(rng, p), i), (n_codes,), jnp.float32)
+  return jax.vmap(lambda p: jax.vmap(lambda i: one(p, i))(sample_ids))(positions)
 
 
 @functools.lru_cache(maxsize=64)
@@ -104,16 +119,18 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
       first, frames, group_labels = args
       sample_ids = first + jnp.arange(group, dtype=jnp.int32)
 
-      def step(carry, pos, _, logits):
+      def step(carry, pos, noise, logits):
         logits = filter_logits(logits, top_k, top_p if use_top_p else None)
         if greedy:
           tokens = jnp.argmax(logits, axis=-1)
-        else:
-          tokens = _sample_tokens(carry, pos, sample_ids, logits, temperature)
+        else:  # Gumbel-max: a draw from softmax(logits / temperature)
+          tokens = jnp.argmax(logits.astype(jnp.float32) / temperature + noise, axis=-1)
         tokens = tokens.astype(jnp.int32)
         return carry, tokens, tokens
 
-      return _decode_scan(gpt, variables, group, frames, group_labels, step, rng, None)  # (L, group)
+      chunk_xs = None if greedy else (lambda ps: gumbel_noise(rng, ps, sample_ids, gpt.n_codes))
+      return _decode_scan(gpt, variables, group, frames, group_labels, step, None, None,
+                          chunk_xs=chunk_xs)  # (L, group)
 
     def grouped(x):  # (n, ...) -> (n_groups, group, ...), padding the last group with copies of sample 0
       if x is None:
