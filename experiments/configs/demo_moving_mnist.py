@@ -22,8 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   vqvae = vqvae_moving_mnist.get_config()
   vqvae.data.builder_config = "small"
   # 8-frame clips, 2x temporal compression: fast digits stay legible (4x blurs them at this training length).
-  # 128 codes: with 512, dead-code restarts fill the codebook with near-copies of the background, whose choice a
-  # prior trained for minutes cannot predict (the most frequent code covered only 5% of positions).
+  # 128 codes: with 512, dead-code restarts fill the codebook with near-copies of the background, and the codes a
+  # prior trained for minutes must predict are noisier (code entropy 6.9 bits with 512, 5.7 bits with 128, at
+  # about the same reconstruction PSNR: 20.6 vs 20.3 dB).
   vqvae.data.seq_len = 8
   vqvae.model = ml_collections.ConfigDict(dict(
       embedding_dim=64, n_codes=128, n_hiddens=64, n_res_layers=2, downsample=(2, 4, 4), attention=False,
