@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,6 +40,19 @@ def state_dict(z, prefix: str = "") -> dict[str, np.ndarray]:
     elif k.startswith("sdq/"):
       sd[prefix + k[4:]] = z[k].astype(np.float32) * z["sdq_scale/" + k[4:]]
   return sd
+
+
+def original_gpt(variant: str) -> tuple[Any, dict[str, np.ndarray], dict[str, Any]]:
+  """`(arrays, state_dict, args)` of the original prior in `gpt_small_<variant>.npz`, with the VQ-VAE weights of
+  `vqvae_small.npz` under `vqvae.` (as in the original's checkpoints) and the VQ-VAE's args as defaults."""
+  z, meta = load(f"gpt_small_{variant}.npz")
+  args = dict(meta["hparams"]["args"])
+  for k, v in meta["hparams"]["vqvae_args"].items():
+    args.setdefault(k, v)
+  sd = state_dict(z)
+  vq, _ = load("vqvae_small.npz")
+  sd.update(state_dict(vq, prefix="vqvae."))
+  return z, sd, args
 
 
 def nthwc(x: np.ndarray) -> np.ndarray:

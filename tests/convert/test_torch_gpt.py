@@ -14,14 +14,7 @@ from videogpt_jax.convert import torch_gpt
 
 @functools.lru_cache(maxsize=None)
 def _original(variant: str):
-  z, meta = fixtures.load(f"gpt_small_{variant}.npz")
-  args = dict(meta["hparams"]["args"])
-  for k, v in meta["hparams"]["vqvae_args"].items():
-    args.setdefault(k, v)
-  sd = fixtures.state_dict(z)
-  vq, _ = fixtures.load("vqvae_small.npz")
-  sd.update(fixtures.state_dict(vq, prefix="vqvae."))
-  return z, sd, args
+  return fixtures.original_gpt(variant)
 
 
 def _sd(variant: str) -> tuple[dict, dict]:

@@ -22,13 +22,7 @@ TOL = 1e-5
 @functools.lru_cache(maxsize=None)
 def original(variant: str):
   """`(arrays, module, variables, cond_kwargs)` of fixture `gpt_small_<variant>.npz`, imported with load_gpt."""
-  z, meta = fixtures.load(f"gpt_small_{variant}.npz")
-  args = dict(meta["hparams"]["args"])
-  for k, v in meta["hparams"]["vqvae_args"].items():
-    args.setdefault(k, v)
-  sd = fixtures.state_dict(z)
-  vq, _ = fixtures.load("vqvae_small.npz")
-  sd.update(fixtures.state_dict(vq, prefix="vqvae."))
+  z, sd, args = fixtures.original_gpt(variant)
   module, variables = load_gpt(sd, **args)
   kw = {}
   if "cond_frames" in z.files:
