@@ -261,6 +261,10 @@ def conditions(data: list[dict | None]) -> list[str]:
   if not rates or min(rates) > 0.85 * REFERENCE_MATMUL:
     return []
   ends = [r["matmul_flops_per_s"] for d in data if d for r in d.get("rows", []) if r.get("name") == "matmul_peak_end"]
+  # The widest relative spread of repeats within one row: how far apart two timings of the same step can be.
+  spread = max(((max(r["times_s"]) - min(r["times_s"])) / r["median_s"], r["name"], min(r["times_s"]),
+                max(r["times_s"])) for d in data if d for r in d.get("rows", [])
+               if len(r.get("times_s", [])) > 1 and r.get("median_s"))
   return [f"**Measurement conditions.** This machine measured a float32 matmul rate of {min(rates) / 1e9:.0f}–"
           f"{max(rates) / 1e9:.0f} GFLOP/s during these runs, against ≈185–200 GFLOP/s on the reference machine "
           f"(1-minute load average {min(loads):.1f}–{max(loads):.1f} while rows were recorded: other jobs shared "
@@ -269,9 +273,10 @@ def conditions(data: list[dict | None]) -> list[str]:
           "valid for compute-bound steps only (not for sampling, which is bound by per-step overheads). Each "
           "cell gives the 1-minute load average when its row was recorded, and every row its run's matmul rate "
           "(in the JSON): rows from different runs saw different machines (the matmul rate re-measured at the "
-          "end of runs: " + ", ".join(f"{e / 1e9:.0f}" for e in ends) + " GFLOP/s). Even on an idle machine this "
-          "VM's step times vary by up to ±20% between repeats (sampling B=4: 0.95–1.43 s within one run), so "
-          "compare rows measured in the same run, and float32 with bf16 only with that in mind.", ""]
+          "end of runs: " + ", ".join(f"{e / 1e9:.0f}" for e in ends) + " GFLOP/s). Repeats of one step also "
+          f"differ: by up to {spread[0]:.0%} of the median within a row ({spread[1]}: {fmt_s(spread[2])} to "
+          f"{fmt_s(spread[3])}), so compare rows measured in the same run, and float32 with bf16 only with that in "
+          "mind.", ""]
 
 
 def machine(data: dict[str, dict | None]) -> list[str]:

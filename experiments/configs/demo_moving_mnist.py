@@ -43,7 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         n_cond_frames=1, cond_width=16, cond_blocks=(1, 1, 1, 1)))
   # A small ResNet over the conditioning frame: the original's ResNet-34 alone costs ~3.5 s per training step on
   # 2 CPU cores at this size; the prior's own transformer is unchanged.
-  # ~1.1 s per step on 2 cores: 300 steps (1.2M tokens) in ~5.5 min. In a run this short more updates beat larger
+  # ~1.2 s per step on 2 cores: 300 steps (1.2M tokens) in ~7 min, compilation included. In a run this short more updates beat larger
   # batches, and the model underfits rather than overfits, so there is no dropout.
   gpt.batch_size = 4
   gpt.eval_batch_size = 8  # test-split metrics and the 8 clips of samples.gif

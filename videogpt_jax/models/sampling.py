@@ -13,7 +13,6 @@ equals the full forward up to float rounding, which is how the cached path is te
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Callable
 
 import jax
@@ -23,8 +22,6 @@ import numpy as np
 from videogpt_jax.models.gpt import GPT
 
 _NEG_INF = -1e30
-# Positions decoded per chunk, whose random numbers are drawn together (see `_decode_scan`).
-DECODE_CHUNK = 64
 
 
 def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: jax.Array | float | None = None
@@ -48,13 +45,10 @@ def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: jax.Array 
 
 
 def _decode_scan(gpt: GPT, variables: Any, batch: int, cond_frames: jax.Array | None, labels: jax.Array | None,
-                 step: Callable, init: Any, xs: Any, chunk_xs: Callable | None = None):
+                 step: Callable, init: Any, xs: Any):
   """Runs `step(carry, pos, x, logits) -> (carry, prev_codes, y)` over all raster positions with KV caches.
 
-  `xs` holds one entry per position (leading axis L), or is None. Alternatively `chunk_xs(positions)` makes the
-  entries for a chunk of `DECODE_CHUNK` positions at a time, just before they are decoded: the sampler draws its
-  random numbers that way, in one batched call per chunk rather than a small one per token (XLA:CPU runs the
-  random-number generator as a rolled loop, whose per-call overhead costs more than a token's attention).
+  `xs` holds one entry per position (leading axis L), or is None.
   """
   cond = gpt.apply(variables, cond_frames, labels, batch, method=GPT.prepare_decode)
 
@@ -67,22 +61,14 @@ def _decode_scan(gpt: GPT, variables: Any, batch: int, cond_frames: jax.Array | 
 
   state = (gpt.init_cache(batch), jnp.zeros((batch,), jnp.int32), init)
   positions = jnp.arange(gpt.seq_len, dtype=jnp.int32)
-  if chunk_xs is None:
-    _, ys = jax.lax.scan(body, state, (positions, xs))
-    return ys
-  chunk = math.gcd(gpt.seq_len, DECODE_CHUNK)
-
-  def chunk_body(state, chunk_positions):
-    return jax.lax.scan(body, state, (chunk_positions, chunk_xs(chunk_positions)))
-
-  _, ys = jax.lax.scan(chunk_body, state, positions.reshape(-1, chunk))
-  return jax.tree.map(lambda y: y.reshape(gpt.seq_len, *y.shape[2:]), ys)
+  _, ys = jax.lax.scan(body, state, (positions, xs))
+  return ys
 
 
 # On CPU, samples are decoded in groups whose KV caches fit in the last-level cache: every step reads the whole
-# cache, and once it spills to memory a step costs several times more (measured on a 2-core CPU with a 32 MiB L3:
-# 0.29 ms per step for one 1,024-token sample of the benchmark prior (6 MiB of cache), 0.58 ms for two, 1.55 ms
-# for four). Accelerators decode the whole batch at once.
+# cache, and once it spills to memory each sample's step costs more (measured on a 2-core CPU with a 32 MiB L3,
+# 1,024-token benchmark prior, 6 MiB of cache per sample: 0.29 ms per step for one sample, 0.58 ms for two,
+# 1.22 ms for three, 1.55 ms for four). Accelerators decode the whole batch at once.
 CPU_GROUP_CACHE_BYTES = 16 * 2**20
 
 
@@ -102,7 +88,7 @@ def gumbel_noise(rng: jax.Array, positions: jax.Array, sample_ids: jax.Array, n_
   """Gumbel noise `(len(positions), len(sample_ids), n_codes)` for sampling by the Gumbel-max trick.
 
   Sample i at position p uses the key `fold_in(fold_in(rng, p), i)`, so its draw does not depend on which other
-  samples share its batch or group, nor on how positions are chunked.
+  samples share its batch or group.
   """
   def one(p, i):
     return jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(rng, p), i), (n_codes,), jnp.float32)
@@ -119,18 +105,17 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
       first, frames, group_labels = args
       sample_ids = first + jnp.arange(group, dtype=jnp.int32)
 
-      def step(carry, pos, noise, logits):
+      def step(carry, pos, _, logits):
         logits = filter_logits(logits, top_k, top_p if use_top_p else None)
         if greedy:
           tokens = jnp.argmax(logits, axis=-1)
         else:  # Gumbel-max: a draw from softmax(logits / temperature)
+          noise = gumbel_noise(rng, pos[None], sample_ids, gpt.n_codes)[0]
           tokens = jnp.argmax(logits.astype(jnp.float32) / temperature + noise, axis=-1)
         tokens = tokens.astype(jnp.int32)
         return carry, tokens, tokens
 
-      chunk_xs = None if greedy else (lambda ps: gumbel_noise(rng, ps, sample_ids, gpt.n_codes))
-      return _decode_scan(gpt, variables, group, frames, group_labels, step, None, None,
-                          chunk_xs=chunk_xs)  # (L, group)
+      return _decode_scan(gpt, variables, group, frames, group_labels, step, None, None)  # (L, group)
 
     def grouped(x):  # (n, ...) -> (n_groups, group, ...), padding the last group with copies of sample 0
       if x is None:
