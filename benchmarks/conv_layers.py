@@ -105,8 +105,8 @@ def time_layer(name, impls, repeats):
 
 def _auto_choice(name):
   kind, x_shape, specs = LAYERS[name]
-  choose = conv_ops._auto_conv if kind == "conv" else conv_ops._auto_transpose  # pylint: disable=protected-access
-  return [choose(x_shape, k, s) for k, s in specs]
+  choose = conv_ops.auto_conv if kind == "conv" else conv_ops.auto_transpose
+  return [choose(jax.default_backend(), x_shape, k, s) for k, s in specs]
 
 
 # ------------------------------------------------------------------------------------------------ conv stack

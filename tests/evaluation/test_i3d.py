@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import jax
 import numpy as np
@@ -223,3 +224,17 @@ def test_conv_impls_agree(shape, kernel, strides):
   assert fixtures.rel_err(direct, ref) < 1e-6 and fixtures.rel_err(taps, ref) < 1e-6
   with pytest.raises(ValueError, match="conv impl"):
     i3d_lib.conv3d_same(x, k, strides, impl="fft")
+
+
+@pytest.mark.parametrize("platform,ranks", [("tpu", {3}), ("cpu", {2})])
+def test_auto_conv_follows_the_target_platform_not_the_host(platform, ranks):
+  """I3D lowered on this CPU host for a TPU gets one 3-D XLA conv per layer; for a CPU the per-tap 2-D form."""
+  module = i3d_lib.I3D(platform=platform)
+  x = jax.ShapeDtypeStruct((1, 9, 224, 224, 3), np.float32)
+  variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+  text = jax.jit(module.apply).lower(variables, x).as_text()
+  dims = re.findall(r"dim_numbers = \[b, ([0-9, ]*), f\]x", text)
+  assert dims and {len(d.split(",")) for d in dims} == ranks
+  with pytest.raises(ValueError, match="platform must be one of"):
+    i3d_lib.conv3d_same(np.zeros((1, 2, 2, 2, 1), np.float32), np.zeros((1, 1, 1, 1, 1), np.float32), (1, 1, 1),
+                        platform="TPU")

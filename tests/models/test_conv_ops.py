@@ -1,6 +1,7 @@
 """The original's padding in the functional convolutions, and every exact CPU reformulation of them, against a
 brute-force NumPy reference and the direct XLA convolution (forward and gradients)."""
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,8 @@ import numpy as np
 import pytest
 
 from videogpt_jax.models import conv_cpu, conv_ops
+from videogpt_jax.models.gpt import GPT
+from videogpt_jax.models.vqvae import VQVAE
 
 
 def _np_conv3d(x, w, strides, pads):
@@ -158,13 +161,31 @@ def test_transposed_formulation_gradients_equal_direct(impl, s):
   assert _rel(got[1], ref[1]) <= 1e-4
 
 
-def test_auto_is_direct_off_cpu_and_a_formulation_on_cpu(monkeypatch):
+def test_auto_follows_the_explicit_platform():
   x_shape, k_shape = (4, 8, 32, 32, 128), (4, 4, 4, 128, 128)
-  assert conv_ops._auto_conv(x_shape, k_shape, (2, 2, 2)) in conv_cpu.CONV_FORMS
-  assert conv_ops._auto_transpose(x_shape, k_shape, (2, 2, 2)) in conv_cpu.TRANSPOSE_FORMS
-  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
-  assert conv_ops._auto_conv(x_shape, k_shape, (2, 2, 2)) == "direct"
-  assert conv_ops._auto_transpose(x_shape, k_shape, (2, 2, 2)) == "direct"
+  assert conv_ops.auto_conv("cpu", x_shape, k_shape, (2, 2, 2)) in conv_cpu.CONV_FORMS
+  assert conv_ops.auto_transpose("cpu", x_shape, k_shape, (2, 2, 2)) in conv_cpu.TRANSPOSE_FORMS
+  for platform in ("tpu", "gpu"):
+    assert conv_ops.auto_conv(platform, x_shape, k_shape, (2, 2, 2)) == "direct"
+    assert conv_ops.auto_transpose(platform, x_shape, k_shape, (2, 2, 2)) == "direct"
+  with pytest.raises(ValueError, match="platform must be one of"):
+    conv_ops.conv3d(np.zeros((1, 2, 2, 2, 1), np.float32), np.zeros((1, 1, 1, 1, 1), np.float32), platform="TPU")
+
+
+def conv_ranks(fn, *args) -> set[int]:
+  """Spatial ranks of the convolutions in `fn`'s lowered program (3: one 3-D XLA conv, 2: a CPU reformulation)."""
+  text = jax.jit(fn).lower(*args).as_text()
+  dims = re.findall(r"dim_numbers = \[b, ([0-9, ]*), f\]x", text)
+  assert dims, "no convolution in the lowered program"
+  return {len(d.split(",")) for d in dims}
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_functional_conv_for_tpu_lowers_one_direct_conv_on_this_host(transposed):
+  op = conv_ops.conv_transpose3d if transposed else conv_ops.conv3d
+  x, w = jnp.zeros((1, 4, 8, 8, 16)), jnp.zeros((4, 4, 4, 16, 16))
+  assert conv_ranks(lambda x, w: op(x, w, (2, 2, 2), platform="tpu"), x, w) == {3}
+  assert conv_ranks(lambda x, w: op(x, w, (2, 2, 2), platform="cpu"), x, w) == {2}
 
 
 def test_fold_split_splits_wide_inputs_exactly():
@@ -182,3 +203,24 @@ def test_impl_of_the_other_op_is_a_clear_error():
     conv_ops.conv_transpose3d(x, np.zeros((4, 4, 4, 1, 1), np.float32), (2, 2, 2), impl="fold_cat")
   with pytest.raises(ValueError, match="channels"):
     conv_ops.conv3d(x, np.zeros((1, 1, 1, 2, 1), np.float32), impl="fold")
+
+
+@pytest.mark.parametrize("platform,ranks", [("tpu", {3}), ("gpu", {3}), ("cpu", {2})])
+def test_modules_lower_the_formulation_of_their_platform_whatever_the_host(platform, ranks):
+  """A program lowered on this CPU host for a TPU (ahead-of-time) gets one XLA conv per layer, not the CPU forms."""
+  vqvae = VQVAE(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=1, downsample=(2, 2, 2), platform=platform)
+  video = jnp.zeros((1, 4, 8, 8, 3))
+  variables = jax.eval_shape(vqvae.init, jax.random.PRNGKey(0), video)
+  assert conv_ranks(lambda v, x: vqvae.apply(v, x)[0], variables, video) == ranks
+
+  gpt = GPT(shape=(1, 2, 2), n_codes=8, embedding_dim=4, hidden_dim=24, heads=2, layers=1, n_cond_frames=2,
+            frame_shape=(8, 8), cond_width=8, cond_blocks=(1, 1, 1, 1), platform=platform)
+  codes, frames = jnp.zeros((1, 1, 2, 2), jnp.int32), jnp.zeros((1, 2, 8, 8, 3))
+  variables = jax.eval_shape(lambda: gpt.init(jax.random.PRNGKey(0), codes, frames))
+  assert conv_ranks(lambda v, c, f: gpt.apply(v, c, f), variables, codes, frames) == ranks
+
+
+def test_modules_reject_an_unknown_platform():
+  with pytest.raises(ValueError, match="VQVAE platform must be one of"):
+    VQVAE(embedding_dim=4, n_codes=8, n_hiddens=8, n_res_layers=0, downsample=(2, 2, 2),
+          platform="cuda").init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 4, 4, 3)))

@@ -77,11 +77,11 @@ def test_default_group_size_keeps_caches_within_budget():
   _, module, _, _ = original("uncond")
   big = module.clone(shape=(8, 32, 32), hidden_dim=576, layers=8)
   assert sampling.kv_cache_bytes(big) == 8 * 2 * 576 * 8192 * 4
-  if jax.default_backend() == "cpu":
-    assert sampling.default_group_size(big, 16) == 1  # 75 MiB per sample: one at a time
-    assert sampling.default_group_size(module, 5) == 5  # tiny caches: the whole batch
-  else:
-    assert sampling.default_group_size(big, 16) == 16
+  assert sampling.default_group_size(big, 16, "cpu") == 1  # 75 MiB per sample: one at a time
+  assert sampling.default_group_size(module, 5, "cpu") == 5  # tiny caches: the whole batch
+  assert sampling.default_group_size(big, 16, "tpu") == 16  # accelerators: the whole batch, whatever the host
+  with pytest.raises(ValueError, match="platform"):
+    sampling.default_group_size(big, 16, "TPU")
 
 
 def test_sampled_tokens_follow_the_softmax():
@@ -100,7 +100,7 @@ def test_compiled_once_per_configuration():
   _, module, variables, _ = original("uncond")
   videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2)
   before = sampling._compiled_sampler.cache_info()
-  fn = sampling._compiled_sampler(module, 2, None, False, False, sampling.default_group_size(module, 2))
+  fn = sampling._compiled_sampler(module, 2, None, False, False, sampling.default_group_size(module, 2, module.platform))
   traces = fn._cache_size()
   for seed in range(3):
     videogpt_jax.sample(module, variables, jax.random.PRNGKey(seed), 2)

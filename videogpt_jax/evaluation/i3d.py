@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from videogpt_jax.models import platforms
+
 # Inception module widths: (b0, b1a, b1b, b2a, b2b, b3b), from the kinetics-i3d graph.
 MIXED = {
     "Mixed_3b": (64, 96, 128, 16, 32, 32),
@@ -55,15 +57,16 @@ def tf_same_padding(sizes: Sequence[int], kernel: Sequence[int], strides: Sequen
 
 
 def conv3d_same(x: jax.Array, kernel: jax.Array, strides: Sequence[int], precision: str = "highest",
-                impl: str = "auto") -> jax.Array:
+                impl: str = "auto", platform: str = "cpu") -> jax.Array:
   """TF-"SAME" 3D convolution, no bias. x `(B, T, H, W, Ci)`, kernel `(kT, kH, kW, Ci, Co)`.
 
   `impl`: "direct" is one XLA 3-D convolution; "taps" folds time into the batch and sums one 2-D convolution per
   temporal tap (exact; on XLA:CPU, 2-D convolutions run several times faster than 3-D ones, e.g. the 7x7x7
-  stride-2 stem: 0.6 s vs 2.4 s per clip); "auto" picks "taps" on CPU and "direct" elsewhere.
+  stride-2 stem: 0.6 s vs 2.4 s per clip); "auto" picks "taps" when the target `platform` is "cpu" and "direct"
+  elsewhere (the platform the program is for, not the host that traces it).
   """
   if impl == "auto":
-    impl = "taps" if jax.default_backend() == "cpu" else "direct"
+    impl = "taps" if platforms.check(platform) == "cpu" else "direct"
   if impl not in ("direct", "taps"):
     raise ValueError(f"conv impl must be 'auto', 'direct' or 'taps', got {impl!r}")
   pads = tf_same_padding(x.shape[1:4], kernel.shape[:3], strides)
@@ -101,13 +104,14 @@ class Unit3D(nn.Module):
   bn_epsilon: float = 1e-3
   precision: str = "highest"
   conv_impl: str = "auto"
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """x `(B, T, H, W, C_in)` -> `(B, T', H', W', features)`."""
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(), KERNEL_AXES),
                         (*self.kernel_size, x.shape[-1], self.features))
-    x = conv3d_same(x, kernel, self.strides, self.precision, self.conv_impl)
+    x = conv3d_same(x, kernel, self.strides, self.precision, self.conv_impl, self.platform)
     if self.use_bias:
       x = x + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (self.features,))
     if self.use_batch_norm:
@@ -135,11 +139,12 @@ class InceptionModule(nn.Module):
   bn_epsilon: float = 1e-3
   precision: str = "highest"
   conv_impl: str = "auto"
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     unit = lambda c, k, name: Unit3D(c, (k,) * 3, bn_epsilon=self.bn_epsilon, precision=self.precision,
-                                     conv_impl=self.conv_impl, name=name)
+                                     conv_impl=self.conv_impl, platform=self.platform, name=name)
     w = self.widths
     b0 = unit(w[0], 1, "b0")(x)
     b1 = unit(w[2], 3, "b1b")(unit(w[1], 1, "b1a")(x))
@@ -157,11 +162,13 @@ class I3D(nn.Module):
     precision: "highest" (float32 matmuls everywhere, the default: a metric should not depend on the backend's
       reduced-precision matmul default) or "default".
     conv_impl: "auto", "direct" or "taps" (see `conv3d_same`).
+    platform: the chip the program is for (`platforms.PLATFORMS`); resolves `conv_impl="auto"`.
   """
   num_classes: int = 400
   bn_epsilon: float = 1e-3
   precision: str = "highest"
   conv_impl: str = "auto"
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array, return_endpoints: bool = False):
@@ -179,7 +186,9 @@ class I3D(nn.Module):
                        f"got shape {x.shape}")
     if self.precision not in _PRECISIONS:
       raise ValueError(f"precision must be one of {tuple(_PRECISIONS)}, got {self.precision!r}")
-    kw = dict(bn_epsilon=self.bn_epsilon, precision=self.precision, conv_impl=self.conv_impl)
+    platforms.check(self.platform, "I3D platform")
+    kw = dict(bn_epsilon=self.bn_epsilon, precision=self.precision, conv_impl=self.conv_impl,
+              platform=self.platform)
     ends = {}
     x = x.astype(jnp.float32)
     x = ends["Conv3d_1a_7x7"] = Unit3D(64, (7, 7, 7), (2, 2, 2), name="Conv3d_1a_7x7", **kw)(x)

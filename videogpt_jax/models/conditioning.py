@@ -31,11 +31,13 @@ class Conv3d(nn.Module):
     kernel_size: cubic kernel extent (1 or 3).
     strides: per-axis strides `(sT, sH, sW)`.
     dtype: compute dtype.
+    platform: the chip the program is for; picks `conv_ops`' formulation.
   """
   features: int
   kernel_size: int
   strides: tuple[int, int, int] = (1, 1, 1)
   dtype: Any = jnp.float32
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -49,7 +51,8 @@ class Conv3d(nn.Module):
     if k == 1:
       # A strided 1x1x1 convolution reads every s-th position: slicing first is exact and avoids XLA:CPU's slow
       # gradient of strided convolutions.
-      return conv_ops.conv3d(x[:, ::strides[0], ::strides[1], ::strides[2]], kernel, (1, 1, 1))
+      return conv_ops.conv3d(x[:, ::strides[0], ::strides[1], ::strides[2]], kernel, (1, 1, 1),
+                             platform=self.platform)
     if x.shape[1] == 1 and strides[0] == 1:
       # A single conditioning frame (BAIR's setting): the outer temporal taps only ever see zero padding, so
       # the exact result uses the centre tap alone, a third of the work.
@@ -57,8 +60,8 @@ class Conv3d(nn.Module):
     if all(s == 1 or n % 2 == 0 for s, n in zip(strides, x.shape[1:4])):
       # PyTorch pads (k-1)/2 on both sides. `conv_ops` pads k-s with the larger half in front: the same at stride
       # 1, and at stride 2 on even sizes the one pixel of back padding it drops is never read. `conv_ops` picks
-      # the fastest exact formulation for the backend (the direct strided conv's gradient is slow on XLA:CPU).
-      return conv_ops.conv3d(x, kernel, strides)
+      # the fastest exact formulation for the platform (the direct strided conv's gradient is slow on XLA:CPU).
+      return conv_ops.conv3d(x, kernel, strides, platform=self.platform)
     k_t = kernel.shape[0]
     pad = [((k_t - 1) // 2,) * 2, ((k - 1) // 2,) * 2, ((k - 1) // 2,) * 2]
     return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=pad, dimension_numbers=_DIMS)
@@ -86,16 +89,17 @@ class ResidualBlock(nn.Module):
   strides: tuple[int, int, int] = (1, 1, 1)
   use_projection: bool = False
   dtype: Any = jnp.float32
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     shortcut = x
     if self.use_projection:
-      shortcut = Conv3d(self.filters, 1, self.strides, self.dtype, name="proj_conv")(x)
+      shortcut = Conv3d(self.filters, 1, self.strides, self.dtype, self.platform, name="proj_conv")(x)
       shortcut = NormReLU(relu=False, dtype=self.dtype, name="proj_norm")(shortcut)
-    x = Conv3d(self.filters, 3, self.strides, self.dtype, name="conv1")(x)
+    x = Conv3d(self.filters, 3, self.strides, self.dtype, self.platform, name="conv1")(x)
     x = NormReLU(dtype=self.dtype, name="norm1")(x)
-    x = Conv3d(self.filters, 3, (1, 1, 1), self.dtype, name="conv2")(x)
+    x = Conv3d(self.filters, 3, (1, 1, 1), self.dtype, self.platform, name="conv2")(x)
     x = NormReLU(dtype=self.dtype, name="norm2")(x)
     return nn.relu(x + shortcut)
 
@@ -106,12 +110,14 @@ class BlockGroup(nn.Module):
   blocks: int
   strides: tuple[int, int, int]
   dtype: Any = jnp.float32
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = ResidualBlock(self.filters, self.strides, use_projection=True, dtype=self.dtype, name="start_block")(x)
+    x = ResidualBlock(self.filters, self.strides, use_projection=True, dtype=self.dtype, platform=self.platform,
+                      name="start_block")(x)
     for i in range(1, self.blocks):
-      x = ResidualBlock(self.filters, dtype=self.dtype, name=f"blocks_{i - 1}")(x)
+      x = ResidualBlock(self.filters, dtype=self.dtype, platform=self.platform, name=f"blocks_{i - 1}")(x)
     return x
 
 
@@ -140,12 +146,14 @@ class FrameEncoder(nn.Module):
     blocks: residual blocks per group.
     width: channels of the stem and the first group.
     dtype: compute dtype (norm statistics stay float32).
+    platform: the chip the program is for (`platforms.PLATFORMS`); picks the convolutions' formulation.
   """
   out_dim: int = 240
   stride: tuple[int, int, int] = (1, 4, 4)
   blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
   width: int = 64
   dtype: Any = jnp.float32
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, frames: jax.Array) -> jax.Array:
@@ -153,9 +161,9 @@ class FrameEncoder(nn.Module):
     if frames.ndim != 5 or frames.shape[-1] != 3:
       raise ValueError(f"cond_frames must be (B, n, H, W, 3), got shape {frames.shape}")
     s2, s3, s4 = group_strides(self.stride)
-    x = Conv3d(self.width, 3, (1, 1, 1), self.dtype, name="stem_conv")(frames)
+    x = Conv3d(self.width, 3, (1, 1, 1), self.dtype, self.platform, name="stem_conv")(frames)
     x = NormReLU(dtype=self.dtype, name="stem_norm")(x)
     widths = (self.width, 2 * self.width, 4 * self.width, self.out_dim)
     for i, (w, n, s) in enumerate(zip(widths, self.blocks, ((1, 1, 1), s2, s3, s4))):
-      x = BlockGroup(w, n, s, self.dtype, name=f"group{i + 1}")(x)
+      x = BlockGroup(w, n, s, self.dtype, self.platform, name=f"group{i + 1}")(x)
     return x

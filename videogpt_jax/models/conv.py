@@ -1,7 +1,7 @@
 """Layers of the VQ-VAE's convolution stack: original-padding (transposed) 3D convolutions and PyTorch BatchNorm.
 
 Activations are `(B, T, H, W, C)`. The arithmetic lives in `videogpt_jax.models.conv_ops` (which picks the fastest
-exact formulation per backend behind `impl="auto"`); these modules only own the parameters.
+exact formulation for the target `platform` behind `impl="auto"`); these modules only own the parameters.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class _SamePadConv(nn.Module):
   strides: int | Sequence[int] = 1
   use_bias: bool = True
   impl: str = "auto"
+  platform: str = "cpu"
 
   transposed: ClassVar[bool] = False
 
@@ -52,7 +53,7 @@ class _SamePadConv(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(torch_uniform(fan_in), _KERNEL_AXES),
                         (*ks, x.shape[-1], self.features))
     conv = conv_ops.conv_transpose3d if self.transposed else conv_ops.conv3d
-    y = conv(x, kernel, strides, impl=self.impl)
+    y = conv(x, kernel, strides, impl=self.impl, platform=self.platform)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("conv_out",)),
                         (self.features,))
@@ -70,7 +71,8 @@ class SamePadConv3D(_SamePadConv):
     kernel_size: int or `(kT, kH, kW)`.
     strides: int or `(sT, sH, sW)`.
     use_bias: add a per-channel bias.
-    impl: `conv_ops` formulation ("auto" picks the fastest exact one for the backend).
+    impl: `conv_ops` formulation ("auto" picks the fastest exact one for `platform`).
+    platform: the chip the program is for, one of `platforms.PLATFORMS` (resolves `impl="auto"` only).
   """
   transposed: ClassVar[bool] = False
 

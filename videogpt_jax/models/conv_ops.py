@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from videogpt_jax.models import conv_cpu
+from videogpt_jax.models import conv_cpu, platforms
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 
@@ -54,7 +54,9 @@ def conv_transpose3d_direct(x: jax.Array, kernel: jax.Array, strides: Sequence[i
 
 # ------------------------------------------------------------------------------------------------ dispatch
 # `impl="direct"` is one XLA convolution (right on TPU/GPU); the other names are the exact reformulations of
-# `conv_cpu` that XLA:CPU runs 30-300x faster; "auto" picks per layer (see `_auto_conv` / `_auto_transpose`).
+# `conv_cpu` that XLA:CPU runs 30-300x faster; "auto" picks per layer for the target `platform` (see `auto_conv`
+# / `auto_transpose`). The platform is an argument, not the tracing process's backend, so a program lowered on a
+# CPU host for a TPU keeps the TPU's forms.
 CONV_IMPLS = ("auto", "direct", *conv_cpu.CONV_FORMS)
 TRANSPOSE_IMPLS = ("auto", "direct", *conv_cpu.TRANSPOSE_FORMS)
 IMPLS = tuple(dict.fromkeys(CONV_IMPLS + TRANSPOSE_IMPLS))
@@ -73,18 +75,18 @@ IMPLS = tuple(dict.fromkeys(CONV_IMPLS + TRANSPOSE_IMPLS))
 _COL2IM_MAX_OUT_CHANNELS = 8
 
 
-def _auto_conv(x_shape, kernel_shape, strides) -> str:
-  """Measured-fastest exact form of a convolution on the current backend (decided at trace time)."""
+def auto_conv(platform: str, x_shape, kernel_shape, strides) -> str:
+  """Measured-fastest exact form of a convolution on `platform` (one of `platforms.PLATFORMS`)."""
   del x_shape, kernel_shape, strides  # one form wins every measured CPU shape
-  if jax.default_backend() != "cpu":
+  if platforms.check(platform) != "cpu":
     return "direct"
   return "fold_split"
 
 
-def _auto_transpose(x_shape, kernel_shape, strides) -> str:
-  """Measured-fastest exact form of a transposed convolution on the current backend (decided at trace time)."""
+def auto_transpose(platform: str, x_shape, kernel_shape, strides) -> str:
+  """Measured-fastest exact form of a transposed convolution on `platform` (one of `platforms.PLATFORMS`)."""
   del x_shape, strides
-  if jax.default_backend() != "cpu":
+  if platforms.check(platform) != "cpu":
     return "direct"
   return "col2im" if kernel_shape[-1] <= _COL2IM_MAX_OUT_CHANNELS else "phase"
 
@@ -104,27 +106,31 @@ def _check(x: jax.Array, kernel: jax.Array, strides: Sequence[int], impl: str, a
   return strides
 
 
-def conv3d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1, 1), impl: str = "auto") -> jax.Array:
+def conv3d(x: jax.Array, kernel: jax.Array, strides: Sequence[int] = (1, 1, 1), impl: str = "auto",
+           platform: str = "cpu") -> jax.Array:
   """Original-padding 3D convolution (no bias). x `(B, T, H, W, Ci)`, kernel `(kT, kH, kW, Ci, Co)`.
 
   All impls compute the same sums as `conv3d_direct`; they differ in speed (and float32 rounding) only.
+  `platform` is the chip the program is for; it only resolves `impl="auto"`.
   """
   strides = _check(x, kernel, strides, impl, CONV_IMPLS, "conv3d")
   if impl == "auto":
-    impl = _auto_conv(x.shape, kernel.shape, strides)
+    impl = auto_conv(platform, x.shape, kernel.shape, strides)
   if impl == "direct" or any(n < s for n, s in zip(x.shape[1:4], strides)):
     return conv3d_direct(x, kernel, strides)
   return conv_cpu.conv3d(x, kernel, strides, impl)
 
 
-def conv_transpose3d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], impl: str = "auto") -> jax.Array:
+def conv_transpose3d(x: jax.Array, kernel: jax.Array, strides: Sequence[int], impl: str = "auto",
+                     platform: str = "cpu") -> jax.Array:
   """Original-padding 3D transposed convolution (no bias): output `(B, sT*T, sH*H, sW*W, Co)`.
 
   All impls compute the same sums as `conv_transpose3d_direct`; they differ in speed (and rounding) only.
+  `platform` is the chip the program is for; it only resolves `impl="auto"`.
   """
   strides = _check(x, kernel, strides, impl, TRANSPOSE_IMPLS, "conv_transpose3d")
   if impl == "auto":
-    impl = _auto_transpose(x.shape, kernel.shape, strides)
+    impl = auto_transpose(platform, x.shape, kernel.shape, strides)
   if impl == "direct":
     return conv_transpose3d_direct(x, kernel, strides)
   return conv_cpu.conv_transpose3d(x, kernel, strides, impl)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videogpt_jax.models import mha
+from videogpt_jax.models import mha, platforms
 from videogpt_jax.models.conditioning import FrameEncoder
 from videogpt_jax.models.norms import LayerNorm
 
@@ -142,6 +142,8 @@ class GPT(nn.Module):
     cond_width: stem width of the frame encoder (the original's ResNet-34: 64).
     cond_blocks: residual blocks per group of the frame encoder (ResNet-34: (3, 4, 6, 3)); a smaller encoder is a
       cheap variant for small experiments, the defaults are what the released checkpoints use.
+    platform: the chip the program is for (`platforms.PLATFORMS`): picks the frame encoder's convolution
+      formulations and the sampler's default group size, whatever host traces the program.
   """
   shape: tuple[int, int, int]
   n_codes: int
@@ -159,6 +161,7 @@ class GPT(nn.Module):
   remat: bool = False
   cond_width: int = 64
   cond_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
+  platform: str = "cpu"
 
   @property
   def seq_len(self) -> int:
@@ -177,6 +180,7 @@ class GPT(nn.Module):
             self.frame_shape[1] // FRAME_STRIDE[2])
 
   def _check_config(self):
+    platforms.check(self.platform, "GPT platform")
     if len(self.shape) != 3 or min(self.shape) < 1:
       raise ValueError(f"GPT shape must be a latent grid (t, h, w) of positive sizes, got {self.shape}")
     if self.hidden_dim % 3 or self.hidden_dim % self.heads:
@@ -213,7 +217,7 @@ class GPT(nn.Module):
     self.fc_out = mha.dense(k, ("embed", "vocab"), nn.initializers.zeros, dtype=self.dtype)
     if self.n_cond_frames:
       self.resnet = FrameEncoder(COND_DIM, FRAME_STRIDE, blocks=tuple(self.cond_blocks), width=self.cond_width,
-                                 dtype=self.dtype)
+                                 dtype=self.dtype, platform=self.platform)
       self.cond_pos_embd = PosEmbed(self.frame_cond_shape, COND_DIM)
 
   # Conditioning -------------------------------------------------------------------------------------------------

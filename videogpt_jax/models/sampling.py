@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videogpt_jax.models import platforms
 from videogpt_jax.models.gpt import GPT
 
 _NEG_INF = -1e30
@@ -77,9 +78,10 @@ def kv_cache_bytes(gpt: GPT, n: int = 1) -> int:
   return n * gpt.layers * 2 * gpt.hidden_dim * gpt.seq_len * jnp.dtype(gpt.dtype).itemsize
 
 
-def default_group_size(gpt: GPT, n: int) -> int:
-  """Samples decoded together: all `n` on accelerators; on CPU as many as fit `CPU_GROUP_CACHE_BYTES` (>= 1)."""
-  if jax.default_backend() != "cpu":
+def default_group_size(gpt: GPT, n: int, platform: str) -> int:
+  """Samples decoded together on `platform`: all `n` on accelerators; on CPU as many as fit
+  `CPU_GROUP_CACHE_BYTES` (>= 1)."""
+  if platforms.check(platform) != "cpu":
     return n
   return max(1, min(n, CPU_GROUP_CACHE_BYTES // kv_cache_bytes(gpt)))
 
@@ -133,7 +135,7 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
 
 def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond_frames: jax.Array | None = None,
            labels: jax.Array | None = None, temperature: float = 1.0, top_k: int | None = None,
-           top_p: float | None = None, group_size: int | None = None) -> jax.Array:
+           top_p: float | None = None, group_size: int | None = None, platform: str | None = None) -> jax.Array:
   """Samples `n` code grids from the prior.
 
   Args:
@@ -146,8 +148,9 @@ def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond_frames: jax
     temperature: softmax temperature (> 0), or 0 for greedy (argmax) decoding.
     top_k: keep only the k most likely codes at each step.
     top_p: keep only the nucleus of probability mass `top_p` in (0, 1].
-    group_size: samples decoded together (None: `default_group_size`, i.e. all of them on accelerators and
-      as many as keep the KV caches in the CPU's cache on CPU).
+    group_size: samples decoded together (None: `default_group_size` for `platform`, i.e. all of them on
+      accelerators and as many as keep the KV caches in the CPU's cache on CPU).
+    platform: the chip the sampler is for, choosing the default `group_size` (None: `gpt.platform`).
 
   Returns:
     codes `(n, t, h, w)` int32.
@@ -165,7 +168,7 @@ def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond_frames: jax
   for name, x in (("cond_frames", cond_frames), ("labels", labels)):
     if x is not None and x.shape[0] != n:
       raise ValueError(f"sample: {name} has batch {x.shape[0]}, expected n={n}")
-  group = min(int(n), int(group_size or default_group_size(gpt, int(n))))
+  group = min(int(n), int(group_size or default_group_size(gpt, int(n), platform or gpt.platform)))
   fn = _compiled_sampler(gpt, int(n), None if top_k is None else int(top_k), top_p is not None,
                          temperature == 0, group)
   return fn(variables, rng, _maybe_array(cond_frames), _maybe_array(labels, jnp.int32),

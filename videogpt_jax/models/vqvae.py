@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from videogpt_jax.models.axial_attention import AxialBlock
 from videogpt_jax.models.conv import BatchNorm, SamePadConv3D, SamePadConvTranspose3D
-from videogpt_jax.models import quantizer
+from videogpt_jax.models import platforms, quantizer
 
 # The original divides the reconstruction MSE by this constant (roughly the data variance).
 RECON_LOSS_SCALE = 0.06
@@ -51,17 +51,20 @@ class AttentionResidualBlock(nn.Module):
     n_hiddens: C (even).
     attention: end `f` with the AxialBlock (the paper's Moving MNIST model has none).
     conv_impl: `conv_ops` formulation.
+    platform: target chip (resolves `conv_impl="auto"`).
   """
   n_hiddens: int
   attention: bool = True
   conv_impl: str = "auto"
+  platform: str = "cpu"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     h = nn.relu(BatchNorm(name="norm_0")(x, train))
-    h = SamePadConv3D(self.n_hiddens // 2, 3, use_bias=False, impl=self.conv_impl, name="conv_0")(h)
+    conv = dict(use_bias=False, impl=self.conv_impl, platform=self.platform)
+    h = SamePadConv3D(self.n_hiddens // 2, 3, name="conv_0", **conv)(h)
     h = nn.relu(BatchNorm(name="norm_1")(h, train))
-    h = SamePadConv3D(self.n_hiddens, 1, use_bias=False, impl=self.conv_impl, name="conv_1")(h)
+    h = SamePadConv3D(self.n_hiddens, 1, name="conv_1", **conv)(h)
     h = nn.relu(BatchNorm(name="norm_2")(h, train))
     if self.attention:
       h = AxialBlock(n_heads=2, name="attn")(h)
@@ -80,17 +83,19 @@ class Encoder(nn.Module):
   downsample: Sequence[int]
   attention: bool = True
   conv_impl: str = "auto"
+  platform: str = "cpu"
   remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for i, strides in enumerate(stride_schedule(self.downsample)):
-      x = SamePadConv3D(self.n_hiddens, 4, strides, impl=self.conv_impl, name=f"convs_{i}")(x)
+      x = SamePadConv3D(self.n_hiddens, 4, strides, impl=self.conv_impl, platform=self.platform,
+                        name=f"convs_{i}")(x)
       x = nn.relu(x)
-    x = SamePadConv3D(self.n_hiddens, 3, impl=self.conv_impl, name="conv_last")(x)
+    x = SamePadConv3D(self.n_hiddens, 3, impl=self.conv_impl, platform=self.platform, name="conv_last")(x)
     block = _res_block(self.remat)
     for i in range(self.n_res_layers):
-      x = block(self.n_hiddens, self.attention, self.conv_impl, name=f"res_{i}")(x, train)
+      x = block(self.n_hiddens, self.attention, self.conv_impl, self.platform, name=f"res_{i}")(x, train)
     return nn.relu(BatchNorm(name="norm")(x, train))
 
 
@@ -101,19 +106,20 @@ class Decoder(nn.Module):
   downsample: Sequence[int]
   attention: bool = True
   conv_impl: str = "auto"
+  platform: str = "cpu"
   remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     block = _res_block(self.remat)
     for i in range(self.n_res_layers):
-      x = block(self.n_hiddens, self.attention, self.conv_impl, name=f"res_{i}")(x, train)
+      x = block(self.n_hiddens, self.attention, self.conv_impl, self.platform, name=f"res_{i}")(x, train)
     x = nn.relu(BatchNorm(name="norm")(x, train))
     schedule = stride_schedule(self.downsample)
     for i, strides in enumerate(schedule):
       last = i == len(schedule) - 1
       x = SamePadConvTranspose3D(3 if last else self.n_hiddens, 4, strides, impl=self.conv_impl,
-                                 name=f"convts_{i}")(x)
+                                 platform=self.platform, name=f"convts_{i}")(x)
       if not last:
         x = nn.relu(x)
     return x
@@ -131,6 +137,8 @@ class VQVAE(nn.Module):
     conv_impl: `conv_ops` formulation of every convolution.
     attention: use the axial attention in the residual blocks (True in the original code).
     remat: rematerialise each residual block in the backward pass (saves activation memory).
+    platform: the chip the program is for (`platforms.PLATFORMS`); with `conv_impl="auto"` it picks the
+      formulations (CPU reformulations on "cpu", one XLA convolution elsewhere), whatever host traces the program.
   """
   embedding_dim: int
   n_codes: int
@@ -140,8 +148,10 @@ class VQVAE(nn.Module):
   conv_impl: str = "auto"
   attention: bool = True
   remat: bool = False
+  platform: str = "cpu"
 
   def setup(self):
+    platforms.check(self.platform, "VQVAE platform")
     if max(_halvings(self.downsample)) < 1:
       raise ValueError(f"downsample must reduce at least one axis, got {tuple(self.downsample)}")
     if self.n_hiddens < 2 or self.n_hiddens % 2:
@@ -152,12 +162,12 @@ class VQVAE(nn.Module):
     if self.n_res_layers < 0:
       raise ValueError(f"n_res_layers must be >= 0, got {self.n_res_layers}")
     stack = dict(n_hiddens=self.n_hiddens, n_res_layers=self.n_res_layers, downsample=tuple(self.downsample),
-                 attention=self.attention, conv_impl=self.conv_impl, remat=self.remat)
+                 attention=self.attention, conv_impl=self.conv_impl, platform=self.platform, remat=self.remat)
     self.encoder = Encoder(**stack)
-    self.pre_vq_conv = SamePadConv3D(self.embedding_dim, 1, impl=self.conv_impl)
+    self.pre_vq_conv = SamePadConv3D(self.embedding_dim, 1, impl=self.conv_impl, platform=self.platform)
     # Declared here rather than in a submodule so the `codebook` collection is flat: {embeddings, N, z_avg, ...}.
     self.codebook = quantizer.declare_state(self, self.n_codes, self.embedding_dim)
-    self.post_vq_conv = SamePadConv3D(self.n_hiddens, 1, impl=self.conv_impl)
+    self.post_vq_conv = SamePadConv3D(self.n_hiddens, 1, impl=self.conv_impl, platform=self.platform)
     self.decoder = Decoder(**stack)
 
   def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
