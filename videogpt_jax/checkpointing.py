@@ -9,21 +9,56 @@ Restoring takes an abstract state (`jax.ShapeDtypeStruct`s carrying the *target*
 on one mesh restores onto any other. A checkpoint that does not match the abstract state, or cannot be read,
 raises one `CheckpointError` naming the directory and step; nothing in the directory is modified by a failed
 restore.
+
+Resuming a run goes through `restore_newest_good`: a damaged step (unreadable files, no metadata, non-finite
+arrays, an empty stray step folder) is moved aside to `quarantine/<step>-<reason>` (never deleted) with a warning,
+and the next older step is tried. A checkpoint that is readable but does not match the model is not damage: it
+raises, and nothing moves. Each save records whether the loop verified the state finite (`good`); retention keeps
+the newest good step whatever else it rotates out.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
+import shutil
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+QUARANTINE = "quarantine"
+_GOOD_STEP = "good_step"  # Orbax metric: the step number when the saved state was verified finite, else -1.
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that is missing, unreadable or incompatible with the model being restored."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+  """A readable checkpoint whose tree or shapes differ from the model's (a config mismatch, not damage)."""
+
+
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint step that cannot be read; `reason` is a short slug for its quarantine folder name."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+def _brief(e: BaseException, limit: int = 240) -> str:
+  """`Type: first line` of an exception: TensorStore errors carry dozens of lines of context nobody can act on."""
+  lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  text = lines[0] if lines else ""
+  if len(text) > limit:
+    text = text[:limit] + " ..."
+  return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 @dataclasses.dataclass
@@ -61,10 +96,14 @@ class Checkpointer:
       raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
     self.directory = pathlib.Path(directory).absolute()
     self.best_metric = best_metric
-    policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
-    best_fn = None
+    good_fn = lambda metrics: float(metrics.get(_GOOD_STEP, -1))
+    policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep),
+                ocp.checkpoint_managers.BestN(get_metric_fn=good_fn, n=1, keep_checkpoints_without_metrics=False)]
+    # Orbax writes metrics only when it tracks a best step; without a user metric it tracks the newest good one.
+    best_fn, best_mode = good_fn, best_mode if best_metric is not None else "max"
     if best_metric is not None:
-      best_fn = lambda metrics: float(metrics[best_metric])
+      missing = math.inf if best_mode == "min" else -math.inf  # A step saved without the metric is never best.
+      best_fn = lambda metrics: float(metrics.get(best_metric, missing))
       policies.append(ocp.checkpoint_managers.BestN(
           get_metric_fn=best_fn, reverse=best_mode == "min", n=1, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
@@ -76,7 +115,7 @@ class Checkpointer:
           "state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
           "data": ocp.JsonCheckpointHandler()})
     except Exception as e:  # A damaged directory is reported once, clearly.
-      raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {type(e).__name__}: {e}") from e
+      raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_brief(e)}") from e
 
   # --- queries -------------------------------------------------------------------------------------------------
   def latest_step(self) -> int | None:
@@ -90,17 +129,20 @@ class Checkpointer:
 
   # --- save ----------------------------------------------------------------------------------------------------
   def save(self, step: int, state: Any, *, config: Any, data_state: Mapping[str, Any] | None = None,
-           metrics: Mapping[str, float] | None = None) -> bool:
-    """Starts writing `state` at `step` (asynchronously); returns whether a save was started."""
+           metrics: Mapping[str, float] | None = None, good: bool = False) -> bool:
+    """Starts writing `state` at `step` (asynchronously); returns whether a save was started.
+
+    `good`: the caller verified every array of `state` finite; retention never rotates out the newest good step.
+    """
     if step in self._manager.all_steps():
       return False
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(_to_json(config)),
         data=ocp.args.JsonSave(dict(data_state or {})))
-    clean_metrics = None
+    clean_metrics = {_GOOD_STEP: float(step) if good else -1.0}
     if metrics is not None and self.best_metric is not None:
-      clean_metrics = {k: float(np.asarray(v)) for k, v in metrics.items()}
+      clean_metrics.update({k: float(np.asarray(v)) for k, v in metrics.items()})
     saved = self._manager.save(step, args=args, metrics=clean_metrics, force=True)
     if saved:
       logging.info("checkpoint: saving step %d to %s", step, self.directory)
@@ -121,8 +163,8 @@ class Checkpointer:
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     except Exception as e:
-      raise CheckpointError(f"cannot read the config of checkpoint step {step} in {self.directory}: "
-                            f"{type(e).__name__}: {e}") from e
+      raise DamagedCheckpointError(f"cannot read the config of checkpoint step {step} in {self.directory}: "
+                                   f"{_brief(e)}", "config") from e
     return dict(out["config"])
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Restored:
@@ -143,9 +185,58 @@ class Checkpointer:
           config=ocp.args.JsonRestore(),
           data=ocp.args.JsonRestore()))
     except Exception as e:
-      raise CheckpointError(f"cannot restore {where}: {type(e).__name__}: {e}") from e
+      raise DamagedCheckpointError(f"cannot restore {where}: {_brief(e)}", "data") from e
     logging.info("checkpoint: restored step %d from %s", step, self.directory)
     return Restored(step=step, state=out["state"], config=dict(out["config"]), data_state=dict(out["data"] or {}))
+
+  def restore_newest_good(self, abstract_state: Any) -> Restored | None:
+    """Restores the newest step that restores and holds only finite arrays; None if there is no step at all.
+
+    Each damaged step on the way is moved to `quarantine/<step>-<reason>` with a warning saying what was wrong.
+    Raises:
+      IncompatibleCheckpointError: a readable step that does not match `abstract_state` (nothing is moved).
+      CheckpointError: there were steps, and none of them restores (all are in `quarantine/` now).
+    """
+    moved = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        if self._is_empty(step):
+          raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory} is an empty folder", "empty")
+        restored = self.restore(abstract_state, step)
+        if not all_finite(restored.state):
+          raise DamagedCheckpointError(f"checkpoint step {step} in {self.directory} holds NaN/inf arrays",
+                                       "nonfinite")
+      except DamagedCheckpointError as e:
+        moved.append(self._quarantine(step, e.reason))
+        logging.warning("%s; moved it to %s and trying the previous step", e, moved[-1])
+        continue
+      if moved:
+        logging.warning("resuming from step %d: %d damaged newer step(s) are in %s", step, len(moved),
+                        self.directory / QUARANTINE)
+      return restored
+    if moved:
+      raise CheckpointError(f"none of the checkpoints in {self.directory} restores; all {len(moved)} were moved to "
+                            f"{self.directory / QUARANTINE} (see the warnings above); a new run would start at step 0")
+    return None
+
+  def _is_empty(self, step: int) -> bool:
+    folder = self.directory / str(step)
+    return folder.is_dir() and not any(folder.iterdir())
+
+  def _quarantine(self, step: int, reason: str) -> pathlib.Path:
+    """Moves step folder `step` to `quarantine/<step>-<reason>` (process 0; every process waits for it)."""
+    target = self.directory / QUARANTINE / f"{step}-{reason}"
+    if jax.process_index() == 0:
+      target.parent.mkdir(exist_ok=True)
+      n = 1
+      while target.exists():  # A step quarantined before (e.g. the same number saved again, damaged again).
+        n += 1
+        target = self.directory / QUARANTINE / f"{step}-{reason}-{n}"
+      shutil.move(str(self.directory / str(step)), str(target))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint quarantine {step}")
+    self._manager.reload()
+    return target
 
   def _resolve(self, step: int | None) -> int:
     steps = self._manager.all_steps()
@@ -162,9 +253,10 @@ class Checkpointer:
     try:
       saved = self._manager.item_metadata(step)["state"]
     except Exception as e:
-      raise CheckpointError(f"cannot read {where}: {type(e).__name__}: {e}") from e
+      raise DamagedCheckpointError(f"cannot read {where}: {_brief(e)}", "metadata") from e
     if saved is None:
-      raise CheckpointError(f"cannot read {where}: its 'state' item has no metadata (incomplete or corrupt)")
+      raise DamagedCheckpointError(f"cannot read {where}: its 'state' item has no metadata (incomplete or corrupt)",
+                                   "metadata")
     saved_leaves = {_path_name(p): leaf for p, leaf in _leaves_with_path(saved)}
     want_leaves = {_path_name(p): leaf for p, leaf in _leaves_with_path(abstract_state)}
     problems = []
@@ -176,7 +268,7 @@ class Checkpointer:
         problems.append(f"{key} has shape {got} in the checkpoint, the model expects {want}")
     if problems:
       shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-      raise CheckpointError(f"{where} is incompatible with this model/config:\n  {shown}")
+      raise IncompatibleCheckpointError(f"{where} is incompatible with this model/config:\n  {shown}")
 
 
 def _path_name(path) -> str:
@@ -193,6 +285,14 @@ def _path_name(path) -> str:
 def _leaves_with_path(tree: Any):
   return jax.tree_util.tree_leaves_with_path(
       tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every floating-point array of `tree` is free of NaN/inf (one jitted reduction per array)."""
+  leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return True
+  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(leaves))
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

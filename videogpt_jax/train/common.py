@@ -119,6 +119,9 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   num_processes = int(num_processes or os.environ.get("JAX_NUM_PROCESSES", 1))
   if process_id is None and "JAX_PROCESS_ID" in os.environ:
     process_id = int(os.environ["JAX_PROCESS_ID"])
+  if coordinator_address and num_processes == 1:
+    raise ValueError(f"--coordinator_address={coordinator_address} needs --num_processes (or JAX_NUM_PROCESSES) "
+                     "above 1; without it this would silently run as a single process")
   if num_processes > 1:
     if not coordinator_address or process_id is None:
       raise ValueError("several processes need a coordinator address and a process id "
@@ -278,14 +281,14 @@ def make_checkpointer(config: Any, workdir: str | os.PathLike) -> checkpointing.
 def restore_or_keep(checkpointer: checkpointing.Checkpointer, state: Any, abstract: Any, train_iter: Any) -> Any:
   """Resumes from the latest checkpoint if there is one (state and data position); else returns `state`.
 
-  A checkpoint that exists but cannot be restored raises `CheckpointError`: training never starts over a run it
-  could not read, so nothing of it is overwritten.
+  A damaged newest step is moved to `quarantine/` and the previous one restored (`restore_newest_good`); a
+  checkpoint that does not match the model raises `CheckpointError`, so nothing of the run is overwritten.
   """
-  step = checkpointer.latest_step()
-  if step is None:
+  restored = checkpointer.restore_newest_good(abstract)
+  if restored is None:
     logging.info("no checkpoint in %s: starting from step 0", checkpointer.directory)
     return state
-  restored = checkpointer.restore(abstract, step)
+  step = restored.step
   if restored.data_state and hasattr(train_iter, "restore"):
     train_iter.restore(restored.data_state)
   logging.info("resuming from step %d (checkpoint %s)", restored.step, checkpointer.directory / str(step))

@@ -170,10 +170,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       loss_fn = jax.checkpoint(loss_fn, policy=policy)
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "bits_per_dim": loss / jnp.log(2.0), "grad_norm": optax.tree.norm(grads),
-               "lr": schedule(state.step)}
-    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state), metrics
+               "lr": schedule(state.step),
+               "finite": jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves((params, opt_state))]))}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(train_step, in_shardings=(shardings, batch_sharding, vq_shardings),

@@ -116,10 +116,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # bf16 compute may return bf16 statistics; the state keeps its dtypes so the step compiles once.
     new_model_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), new_model_state,
                                    state.model_state)
+    params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "recon_loss": aux["recon_loss"], "commitment_loss": aux["commitment_loss"],
-               "perplexity": aux["perplexity"], "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
-    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, model_state=new_model_state), metrics
+               "perplexity": aux["perplexity"], "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+               "finite": jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves((params, opt_state))]))}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         model_state=new_model_state), metrics
 
   batch_sharding = sharding.batch_sharding(mesh)
   train_step = jax.jit(train_step, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
