@@ -1,11 +1,15 @@
-"""What the entry points share: flags for multi-host runs and the config, and one clean error for bad input."""
+"""What the trainers share: flags for multi-host runs and the config, their checks before anything starts, and
+quiet library logs. Errors are reported by `videogpt_jax.cli` (one line; exit code 2 for bad input)."""
 from __future__ import annotations
 
 import logging as py_logging
-import sys
+import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from videogpt_jax import cli
+from videogpt_jax.train import common, config_checks
 
 FLAGS = flags.FLAGS
 
@@ -19,6 +23,37 @@ def define_flags(workdir_help: str) -> None:
   flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host); default $JAX_NUM_PROCESSES or 1.")
   flags.DEFINE_integer("process_id", None, "This process's index (multi-host); default $JAX_PROCESS_ID.")
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def check_distributed_flags(coordinator_address: str | None, num_processes: int | None,
+                            process_id: int | None) -> None:
+  """The multi-host flags (or their JAX_* variables) agree; raises `cli.UsageError` naming the flag."""
+  coordinator = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+  try:
+    n = int(num_processes if num_processes is not None else os.environ.get("JAX_NUM_PROCESSES", 1))
+    pid = process_id if process_id is not None else (
+        int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
+  except ValueError as e:
+    raise cli.UsageError(f"JAX_NUM_PROCESSES / JAX_PROCESS_ID must be integers: {e}") from None
+  if n < 1:
+    raise cli.UsageError(f"--num_processes={n}: must be a positive integer")
+  if coordinator == "auto":
+    return
+  if coordinator and n == 1:
+    raise cli.UsageError(f"--coordinator_address={coordinator} needs --num_processes (or JAX_NUM_PROCESSES) above "
+                         "1; without it this would silently run as one process")
+  if n > 1 and (not coordinator or pid is None):
+    raise cli.UsageError(f"--num_processes={n} needs --coordinator_address and --process_id (or "
+                         "JAX_COORDINATOR_ADDRESS / JAX_PROCESS_ID)")
+  if pid is not None and not 0 <= pid < n:
+    raise cli.UsageError(f"--process_id={pid}: must be in [0, {n}) for --num_processes={n}")
+
+
+def check_flags(stage: str) -> None:
+  """Everything the flags and the config can say is wrong, before JAX, data or the workdir are touched."""
+  check_distributed_flags(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  config_checks.check_directory_flag("--workdir", FLAGS.workdir, must_exist=False)
+  config_checks.check_train_config(FLAGS.config, stage)
 
 
 class QuietLibraries(py_logging.Filter):
@@ -36,38 +71,6 @@ class QuietLibraries(py_logging.Filter):
 
 
 def setup() -> None:
-  """Joins the other processes (no-op alone) and quiets library logs; call first in `main`."""
+  """Joins the other processes (no-op alone) and quiets library logs; call after `check_flags`."""
   logging.get_absl_handler().addFilter(QuietLibraries())
-  from videogpt_jax.train import common
   common.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-
-
-def run_reporting_errors(fn) -> None:
-  """Runs `fn()`; errors a user can fix (data, checkpoint, NaN, config values) end the program with one line."""
-  from videogpt_jax.checkpointing import CheckpointError
-  from videogpt_jax.data.builders import ManualDataError
-  from videogpt_jax.train.common import NonFiniteLossError
-  try:
-    fn()
-  except (CheckpointError, ManualDataError, NonFiniteLossError, ValueError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    print(f"ERROR {type(e).__name__}: {e}", file=sys.stderr)
-    sys.exit(1)
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return app.parse_flags_with_usage(argv)
-  except (AttributeError, KeyError) as e:  # ml_collections: the overridden field does not exist.
-    overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
-    detail = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
-    print(f"ERROR: unknown config field in override(s) {overrides}: {detail}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run(main) -> None:
-  """`app.run(main)`, reporting an override of a config field that does not exist in one line, not a traceback.
-
-  (A value of the wrong type is already one line from absl: "FATAL Flags parsing error: flag --config.x=...".)
-  """
-  app.run(main, flags_parser=_parse_flags)

@@ -8,19 +8,19 @@ Re-running with the same --workdir resumes from its latest checkpoint. Multi-hos
 """
 from __future__ import annotations
 
-from absl import app
-
 from experiments import launch
+from videogpt_jax import cli
+from videogpt_jax.train import vqvae_trainer
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_extra_args(argv)
+  launch.check_flags("vqvae")
   launch.setup()
-  from videogpt_jax.train import vqvae_trainer
-  launch.run_reporting_errors(lambda: vqvae_trainer.train_and_evaluate(launch.FLAGS.config, launch.FLAGS.workdir))
+  with cli.cleanup_on_failure(launch.FLAGS.workdir):
+    vqvae_trainer.train_and_evaluate(launch.FLAGS.config, launch.FLAGS.workdir)
 
 
 if __name__ == "__main__":
   launch.define_flags("Checkpoints, TensorBoard events and metrics.jsonl go here.")
-  launch.run(main)
+  cli.run(main)

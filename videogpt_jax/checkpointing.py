@@ -110,12 +110,36 @@ class Checkpointer:
         best_fn=best_fn, best_mode=best_mode,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+    self._options = options
+    self._moved: list[pathlib.Path] = []  # steps this instance put in quarantine
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-          "state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
-          "data": ocp.JsonCheckpointHandler()})
+      self._manager = self._open()
     except Exception as e:  # A damaged directory is reported once, clearly.
-      raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_brief(e)}") from e
+      if read_only or not self._quarantine_unreadable_metadata():
+        raise CheckpointError(f"cannot open checkpoint directory {self.directory}: {_brief(e)}") from e
+      self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self._options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
+        "data": ocp.JsonCheckpointHandler()})
+
+  def _quarantine_unreadable_metadata(self) -> bool:
+    """Moves aside the steps whose step metadata or metrics are not JSON (Orbax cannot list the directory then)."""
+    for folder in sorted(self.directory.iterdir()) if self.directory.is_dir() else []:
+      if not folder.name.isdigit():
+        continue
+      for meta in (folder / "_CHECKPOINT_METADATA", folder / "metrics" / "metrics"):
+        try:
+          if meta.is_file():
+            json.loads(meta.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+          target = self._move_aside(int(folder.name), "metadata")
+          self._moved.append(target)
+          logging.warning("checkpoint step %s in %s: unreadable %s (%s); moved it to %s", folder.name,
+                          self.directory, meta.relative_to(folder), _brief(e), target)
+          break
+    return bool(self._moved)
 
   # --- queries -------------------------------------------------------------------------------------------------
   def latest_step(self) -> int | None:
@@ -197,7 +221,7 @@ class Checkpointer:
       IncompatibleCheckpointError: a readable step that does not match `abstract_state` (nothing is moved).
       CheckpointError: there were steps, and none of them restores (all are in `quarantine/` now).
     """
-    moved = []
+    moved = list(self._moved)
     for step in sorted(self.all_steps(), reverse=True):
       try:
         if self._is_empty(step):
@@ -208,6 +232,7 @@ class Checkpointer:
                                        "nonfinite")
       except DamagedCheckpointError as e:
         moved.append(self._quarantine(step, e.reason))
+        self._moved.append(moved[-1])
         logging.warning("%s; moved it to %s and trying the previous step", e, moved[-1])
         continue
       if moved:
@@ -224,6 +249,11 @@ class Checkpointer:
     return folder.is_dir() and not any(folder.iterdir())
 
   def _quarantine(self, step: int, reason: str) -> pathlib.Path:
+    target = self._move_aside(step, reason)
+    self._manager.reload()
+    return target
+
+  def _move_aside(self, step: int, reason: str) -> pathlib.Path:
     """Moves step folder `step` to `quarantine/<step>-<reason>` (process 0; every process waits for it)."""
     target = self.directory / QUARANTINE / f"{step}-{reason}"
     if jax.process_index() == 0:
@@ -235,7 +265,6 @@ class Checkpointer:
       shutil.move(str(self.directory / str(step)), str(target))
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoint quarantine {step}")
-    self._manager.reload()
     return target
 
   def _resolve(self, step: int | None) -> int:
