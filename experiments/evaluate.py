@@ -31,9 +31,12 @@ import math
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from experiments import launch
+from videogpt_jax import cli
 from videogpt_jax.evaluation import runner
+from videogpt_jax.train import common, config_checks
 
 # The command's own FlagValues, added to absl's global flags only when this file runs as the program: importing
 # it (tests) then defines no global flag that could clash with another command's (`--output`, `--data_dir`).
@@ -84,7 +87,7 @@ def settings_from_flags() -> runner.Settings:
   try:
     mesh = tuple(int(x) for x in FLAGS["mesh"].value)
   except ValueError:
-    raise app.UsageError(f"--mesh must be integers data,fsdp,model; got {','.join(FLAGS['mesh'].value)}") from None
+    raise cli.UsageError(f"--mesh must be integers data,fsdp,model; got {','.join(FLAGS['mesh'].value)}") from None
   names = [f.name for f in dataclasses.fields(runner.Settings) if f.name != "mesh"]
   return runner.Settings(mesh=mesh, **{name: FLAGS[name].value for name in names})
 
@@ -110,24 +113,24 @@ def summary(result: dict) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_extra_args(argv)
   settings = settings_from_flags()
   try:
     runner.validate(settings)
   except runner.SettingsError as e:
-    raise app.UsageError(str(e)) from None
-  from experiments import launch  # pylint: disable=import-outside-toplevel
-  from videogpt_jax.train import common  # pylint: disable=import-outside-toplevel
+    raise cli.UsageError(str(e)) from None
+  output = FLAGS["output"].value
+  if output:
+    config_checks.check_directory_flag("--output", os.path.dirname(os.path.abspath(output)), must_exist=False)
+    if os.path.isdir(output):
+      raise cli.UsageError(f"--output={output}: is a folder; give the path of the JSON file to write")
   logging.get_absl_handler().addFilter(launch.QuietLibraries())
   common.initialize_distributed()
-  result = {}
-  launch.run_reporting_errors(lambda: result.update(runner.evaluate(settings)))
+  result = runner.evaluate(settings)
   if not common.is_main_process():
     return
   result = _finite(result)
   print(summary(result), flush=True)
-  output = FLAGS["output"].value
   if output:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp"
@@ -142,4 +145,4 @@ if __name__ == "__main__":
   flags.FLAGS.append_flag_values(FLAGS)
   for _name in FLAGS:
     flags.declare_key_flag(_name)  # listed by --helpshort
-  app.run(main)
+  cli.run(main)

@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import os
 
+import imageio
+import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+
+import videogpt_jax
+from videogpt_jax import checkpointing, cli
+from videogpt_jax.models import sampling
+from videogpt_jax.train import common, config_checks, load
 
 flags.DEFINE_string("gpt_workdir", None, "Workdir of a train_gpt.py run.")
 flags.DEFINE_string("vqvae_workdir", None, "Workdir of its VQ-VAE (default: the one in the GPT's config).")
@@ -26,25 +33,53 @@ flags.mark_flags_as_required(["gpt_workdir", "output"])
 FLAGS = flags.FLAGS
 
 
+def _saved_kind(flag: str, workdir: str) -> str:
+  """"vqvae" or "gpt": what the checkpoints of `workdir` (a training run or a converted checkpoint) hold."""
+  config_checks.check_directory_flag(flag, workdir, must_exist=True)
+  root = common.checkpoint_dir(workdir)
+  config = checkpointing.peek_config(root if root.is_dir() else workdir)
+  if config is None:
+    raise cli.UsageError(f"{flag}={workdir}: no checkpoint there (expected {root}/<step>)")
+  if "kind" in config:  # converted from the original
+    return config["kind"]
+  return "gpt" if "vqvae_workdir" in config or "derived" in config else "vqvae"
+
+
+def check_flags() -> None:
+  """Everything the flags can say is wrong, before JAX starts or anything is written."""
+  kind = _saved_kind("--gpt_workdir", FLAGS.gpt_workdir)
+  if kind != "gpt":
+    raise cli.UsageError(f"--gpt_workdir={FLAGS.gpt_workdir}: holds a {kind}, not a prior (a train_gpt.py workdir)")
+  if FLAGS.vqvae_workdir:
+    kind = _saved_kind("--vqvae_workdir", FLAGS.vqvae_workdir)
+    if kind != "vqvae":
+      raise cli.UsageError(f"--vqvae_workdir={FLAGS.vqvae_workdir}: holds a {kind}, not a VQ-VAE")
+  config_checks.check_directory_flag("--output", FLAGS.output, must_exist=False)
+  if FLAGS.num_samples < 1:
+    raise cli.UsageError(f"--num_samples={FLAGS.num_samples}: must be a positive integer")
+  if FLAGS.temperature < 0:
+    raise cli.UsageError(f"--temperature={FLAGS.temperature}: must be >= 0 (0: greedy)")
+  if FLAGS.top_k is not None and FLAGS.top_k < 1:
+    raise cli.UsageError(f"--top_k={FLAGS.top_k}: must be >= 1")
+  if FLAGS.top_p is not None and not 0.0 < FLAGS.top_p <= 1.0:
+    raise cli.UsageError(f"--top_p={FLAGS.top_p}: must be in (0, 1]")
+  if FLAGS.labels and not all(x.strip().lstrip("-").isdigit() for x in FLAGS.labels):
+    raise cli.UsageError(f"--labels={','.join(FLAGS.labels)}: must be integer class ids")
+
+
 def main(argv):
-  del argv
-  import jax
-  import imageio
-
-  import videogpt_jax
-  from videogpt_jax.models import sampling
-  from videogpt_jax.train import common, load
-
+  cli.no_extra_args(argv)
+  check_flags()
   gpt, variables, config = load.load_gpt(FLAGS.gpt_workdir, FLAGS.step)
   vqvae, vq_vars, _ = load.load_vqvae(FLAGS.vqvae_workdir or config.vqvae_workdir)
   n = FLAGS.num_samples
   cond = labels = None
   if gpt.class_cond_dim:
     if not FLAGS.labels or len(FLAGS.labels) != n:
-      raise app.UsageError(f"this prior is class-conditional: pass --labels with {n} class ids")
+      raise cli.UsageError(f"this prior is class-conditional: pass --labels with {n} class ids")
     labels = np.asarray([int(x) for x in FLAGS.labels], np.int32)
   if gpt.n_cond_frames:
-    from videogpt_jax.data import pipeline
+    from videogpt_jax.data import pipeline  # Deferred: the data pipeline imports TensorFlow.
     it = pipeline.make_eval_iterator(common.load_builder(config), split=config.data.get("eval_split", "test"),
                                      global_batch_size=n, sharding=None, seq_len=int(config.data.seq_len),
                                      resolution=int(config.data.resolution), n_cond_frames=gpt.n_cond_frames)
@@ -61,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -316,6 +316,20 @@ def _leaves_with_path(tree: Any):
       tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
+def peek_config(directory: str | pathlib.Path) -> dict | None:
+  """The JSON config of the newest step in `directory`, read as a file (no Orbax, no JAX backend), so commands
+  can check what a workdir holds before they start; None if no step has a readable config."""
+  directory = pathlib.Path(directory)
+  steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()),
+                 reverse=True) if directory.is_dir() else []
+  for step in steps:
+    try:
+      return json.loads((directory / str(step) / "config" / "metadata").read_text())
+    except (OSError, ValueError):
+      continue
+  return None
+
+
 def all_finite(tree: Any) -> bool:
   """Whether every floating-point array of `tree` is free of NaN/inf (one jitted reduction per array)."""
   leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]

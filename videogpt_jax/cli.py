@@ -89,23 +89,36 @@ def _parse_flags(argv: list[str]) -> list[str]:
     overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
     detail = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
     fail(f"unknown config field in override(s) {overrides}: {detail}", USAGE_EXIT)
-  # ml_collections loads a `--config` file lazily: a file that does not load only raises when it is first read.
+  # ml_collections stands in an error object for a `--config` file that did not load; it raises when first read.
   for name in list(FLAGS):
-    try:
-      FLAGS[name].value  # pylint: disable=pointless-statement
-    except Exception as e:  # pylint: disable=broad-except
-      if verbose():
-        raise
-      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-      fail(f"--{name}={_raw_flag(argv, name)}: {lines[-1] if lines else type(e).__name__}", USAGE_EXIT)
+    value = FLAGS[name].value
+    if type(value).__name__ == "_ErrorConfig":
+      try:
+        value.keys()
+      except Exception as e:  # pylint: disable=broad-except
+        if verbose():
+          raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        fail(f"--{name}={_raw_flag(argv, name)}: cannot load it: {lines[-1] if lines else type(e).__name__}",
+             USAGE_EXIT)
   return rest
 
 
+# Failures whose message already says what to do (by qualified name: this module imports none of them).
+_EXPLAINED = {"videogpt_jax.checkpointing.CheckpointError", "videogpt_jax.train.common.NonFiniteLossError",
+              "videogpt_jax.data.builders._common.ManualDataError", "videogpt_jax.data.video_io.VideoDecodeError",
+              "videogpt_jax.convert.checkpoint_io.WeightsFileError"}
+_USAGE = {"videogpt_jax.evaluation.runner.SettingsError"}  # flag values found wrong once the devices are known
+
+
 def _report(e: BaseException) -> NoReturn:
-  if isinstance(e, (app.UsageError, ConfigError)):
+  names = {f"{c.__module__}.{c.__qualname__}" for c in type(e).__mro__}
+  if isinstance(e, (app.UsageError, ConfigError)) or names & _USAGE:
     fail(str(e), USAGE_EXIT)
   name = type(e).__name__
-  fail(f"{name}: {one_line(str(e)) or name} (--verbose shows the traceback)", FAILURE_EXIT)
+  explained = bool(names & _EXPLAINED)
+  fail(f"{name}: {one_line(str(e)) or name}" + ("" if explained else " (--verbose shows the traceback)"),
+       FAILURE_EXIT)
 
 
 def run(main: Callable[[list[str]], Any]) -> None:

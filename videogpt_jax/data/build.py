@@ -11,28 +11,40 @@ from __future__ import annotations
 
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
-from videogpt_jax.data import builders
+from videogpt_jax import cli
+from videogpt_jax.train import config_checks
 
-_DATASET = flags.DEFINE_enum("dataset", None, sorted(builders.BUILDERS), "Dataset to build.")
+# The names of `builders.BUILDERS`, spelled out so the flags are checked before TensorFlow is imported.
+DATASETS = ("bair", "moving_mnist", "ucf101", "video_folder")
+
+_DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "Dataset to build.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory to write the dataset to.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder holding the source files (see --dataset docs).")
 _CONFIG = flags.DEFINE_string("config", None, "Builder config, e.g. fold2_64 (ucf101), tiny (moving_mnist), "
                               "res128 (video_folder). Default: the builder's default.")
 
 
-def main(argv: list[str]) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)  # TFDS reports progress through absl logging and tqdm.
+def check_flags() -> tuple[str, str | None]:
+  """`(data_dir, manual_dir)`, expanded; raises `ConfigError` naming the flag before anything is read."""
+  data_dir = os.path.expanduser(_DATA_DIR.value)
+  config_checks.check_directory_flag("--data_dir", data_dir, must_exist=False)
   manual_dir = os.path.expanduser(_MANUAL_DIR.value) if _MANUAL_DIR.value else None
-  return builders.build_and_report(_DATASET.value, os.path.expanduser(_DATA_DIR.value), manual_dir=manual_dir,
-                                   config=_CONFIG.value)
+  if manual_dir is not None:
+    config_checks.check_directory_flag("--manual_dir", manual_dir, must_exist=True)
+  return data_dir, manual_dir
+
+
+def main(argv: list[str]) -> int:
+  cli.no_extra_args(argv)
+  data_dir, manual_dir = check_flags()
+  from videogpt_jax.data import builders  # Deferred: TensorFlow starts only once the flags are known good.
+  logging.set_verbosity(logging.INFO)  # TFDS reports progress through absl logging and tqdm.
+  return builders.build_and_report(_DATASET.value, data_dir, manual_dir=manual_dir, config=_CONFIG.value)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["dataset", "data_dir"])
-  app.run(main)
+  cli.run(main)
