@@ -77,6 +77,8 @@ def load_pickle(path: str | os.PathLike) -> Any:
     except EOFError:
       raise checkpoint_io.WeightsFileError(f"{path}: truncated weights pickle (it ends early)") from None
     except (pickle.UnpicklingError, ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+      if "truncated" in str(e):
+        raise checkpoint_io.WeightsFileError(f"{path}: truncated weights pickle (it ends early)") from None
       raise checkpoint_io.WeightsFileError(
           f"{path}: not a weights pickle ({type(e).__name__}: {str(e).strip()[:120]})") from None
 
