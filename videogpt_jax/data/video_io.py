@@ -23,6 +23,10 @@ class VideoDecodeError(RuntimeError):
   """A video file could not be decoded (corrupt, truncated, empty or unreadable)."""
 
 
+class PartialDecodeError(VideoDecodeError):
+  """Decoding ended early (a truncated file, garbage mid-stream): some frames came out, then ffmpeg failed."""
+
+
 @functools.cache
 def ffmpeg_exe() -> str:
   """Path of the ffmpeg binary bundled with `imageio-ffmpeg`."""
@@ -56,8 +60,18 @@ def _resize_filter(resolution: int) -> str:
 
 
 def read_video(path: str, *, resolution: int | None = None, max_frames: int | None = None,
-               grayscale: bool = False, fps: float | None = None) -> np.ndarray:
-  """Decodes a video file into frames.
+               grayscale: bool = False, fps: float | None = None, allow_partial: bool = False) -> np.ndarray:
+  """Decodes a video file into frames; a decode that ended early raises `PartialDecodeError` unless
+  `allow_partial` (see `decode_video` to keep such frames and know they are partial)."""
+  frames, problem = decode_video(path, resolution=resolution, max_frames=max_frames, grayscale=grayscale, fps=fps)
+  if problem is not None and not allow_partial:
+    raise PartialDecodeError(f"{path}: decoding ended early after {len(frames)} frames ({problem})")
+  return frames
+
+
+def decode_video(path: str, *, resolution: int | None = None, max_frames: int | None = None,
+                 grayscale: bool = False, fps: float | None = None) -> tuple[np.ndarray, str | None]:
+  """Decodes a video file into frames, and says whether the decode ended early.
 
   Args:
     path: any container/codec ffmpeg reads (`.mp4`, `.avi`, `.webm`, `.gif`, ...).
@@ -67,7 +81,8 @@ def read_video(path: str, *, resolution: int | None = None, max_frames: int | No
     fps: if given, resample the frame rate.
 
   Returns:
-    `(T, H, W, C)` uint8 with `C = 1` if `grayscale` else 3.
+    `(frames, problem)`: `(T, H, W, C)` uint8 with `C = 1` if `grayscale` else 3; `problem` is None for a clean
+    decode, else ffmpeg's first error (a truncated file or garbage mid-stream: the frames are those before it).
 
   Raises:
     VideoDecodeError: the file is missing, corrupt or holds no complete frame.
@@ -103,7 +118,11 @@ def read_video(path: str, *, resolution: int | None = None, max_frames: int | No
     raise VideoDecodeError(f"{path}: decoded {len(proc.stdout)} bytes, not a whole number of "
                            f"{height}x{width}x{channels} frames")
   frames = np.frombuffer(proc.stdout, np.uint8).reshape(n_frames, height, width, channels)
-  return frames
+  # At `-loglevel error` a clean decode prints nothing; ffmpeg still exits 0 after a truncated stream.
+  problem = None
+  if proc.returncode != 0 or err:
+    problem = err.splitlines()[0].split("] ", 1)[-1].strip() if err else f"ffmpeg exit {proc.returncode}"
+  return frames, problem
 
 
 def _write(path: str, frames: np.ndarray, fps: float, codec_args: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ from typing import TypeVar
 from absl import logging
 
 T = TypeVar("T")
+PARTIAL_KEPT = "partial decode, kept the first"
 
 
 class ManualDataError(FileNotFoundError):
@@ -44,6 +45,11 @@ class SkipLog:
     self.entries.append((str(source), reason))
     logging.warning("Skipping %s: %s", source, reason)
 
+  def kept_partial(self, source: str, n_frames: int, problem: str) -> None:
+    """A clip whose decode ended early, kept (`keep_partial=True`): listed too, so nobody mistakes it for whole."""
+    self.entries.append((str(source), f"{PARTIAL_KEPT} {n_frames} frames ({problem})"))
+    logging.warning("Keeping the %d frames decoded from %s before: %s", n_frames, source, problem)
+
   def __len__(self) -> int:
     return len(self.entries)
 
@@ -64,6 +70,25 @@ class SkipLogMixin:
   @property
   def skipped_count(self) -> int:
     return len(self.skip_log)
+
+
+def usable_frames(log: SkipLog, source: str, decoded, min_frames: int, keep_partial: bool):
+  """The frames of one `video_io.decode_video` result (or the exception it raised), or None after logging why
+  the clip is skipped. A decode that ended early is skipped unless `keep_partial`; kept, it is listed as partial."""
+  if isinstance(decoded, Exception):
+    log.skip(source, f"undecodable: {decoded}")
+    return None
+  frames, problem = decoded
+  if problem is not None and not keep_partial:
+    log.skip(source, f"partial decode: ended after {len(frames)} frames ({problem}); keep_partial=True keeps such "
+                     "clips")
+    return None
+  if len(frames) < min_frames:
+    log.skip(source, f"only {len(frames)} frames, fewer than min_frames={min_frames}")
+    return None
+  if problem is not None:
+    log.kept_partial(source, len(frames), problem)
+  return frames
 
 
 def decode_in_order(paths: Sequence[str], decode: Callable[[str], T], workers: int = 0,

@@ -34,6 +34,7 @@ class Ucf101Config(tfds.core.BuilderConfig):
   resolution: int = 64
   min_frames: int = 16
   max_frames: int | None = None
+  keep_partial: bool = False  # keep (and list in skipped_inputs.json) clips whose decode ended early; else skip
   decode_workers: int = 0
 
 
@@ -131,13 +132,10 @@ class Ucf101(_common.SkipLogMixin, tfds.core.GeneratorBasedBuilder, skip_registr
     by_path = {path: (entry, label) for entry, path, label in jobs}
 
     def decode(path):
-      return video_io.read_video(path, resolution=cfg.resolution, max_frames=cfg.max_frames)
+      return video_io.decode_video(path, resolution=cfg.resolution, max_frames=cfg.max_frames)
 
-    for path, frames in _common.decode_in_order([p for _, p, _ in jobs], decode, cfg.decode_workers):
+    for path, out in _common.decode_in_order([p for _, p, _ in jobs], decode, cfg.decode_workers):
       entry, label = by_path[path]
-      if isinstance(frames, Exception):
-        self.skip_log.skip(path, f"undecodable: {frames}")
-      elif len(frames) < cfg.min_frames:
-        self.skip_log.skip(path, f"only {len(frames)} frames, fewer than min_frames={cfg.min_frames}")
-      else:
+      frames = _common.usable_frames(self.skip_log, path, out, cfg.min_frames, cfg.keep_partial)
+      if frames is not None:
         yield entry, {"video": frames, "label": np.int64(label), "path": entry}

@@ -32,6 +32,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
   resolution: int = 64
   min_frames: int = 16
   max_frames: int | None = None
+  keep_partial: bool = False  # keep (and list in skipped_inputs.json) clips whose decode ended early; else skip
   fps: float | None = None
   decode_workers: int = 0
 
@@ -95,14 +96,10 @@ class VideoFolder(_common.SkipLogMixin, tfds.core.GeneratorBasedBuilder, skip_re
     labels = {rel: classes.index(c) for rel, c in items}
 
     def decode(rel):
-      return video_io.read_video(os.path.join(root, rel), resolution=cfg.resolution,
-                                 max_frames=cfg.max_frames, fps=cfg.fps)
+      return video_io.decode_video(os.path.join(root, rel), resolution=cfg.resolution,
+                                   max_frames=cfg.max_frames, fps=cfg.fps)
 
-    for rel, frames in _common.decode_in_order([rel for rel, _ in items], decode, cfg.decode_workers):
-      if isinstance(frames, Exception):
-        self.skip_log.skip(os.path.join(root, rel), f"undecodable: {frames}")
-      elif len(frames) < cfg.min_frames:
-        self.skip_log.skip(os.path.join(root, rel),
-                           f"only {len(frames)} frames, fewer than min_frames={cfg.min_frames}")
-      else:
+    for rel, out in _common.decode_in_order([rel for rel, _ in items], decode, cfg.decode_workers):
+      frames = _common.usable_frames(self.skip_log, os.path.join(root, rel), out, cfg.min_frames, cfg.keep_partial)
+      if frames is not None:
         yield rel, {"video": frames, "label": np.int64(labels[rel]), "path": rel}
