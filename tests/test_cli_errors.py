@@ -98,8 +98,6 @@ CASES = {
                                     "--manual_dir={p}/a_file"], 2, "--manual_dir={p}/a_file: is a file"),
     "build data_dir is a file": (["videogpt_jax.data.build", "--dataset=bair", "--data_dir={p}/a_file"], 2,
                                  "--data_dir={p}/a_file: is a file"),
-    "build missing manual_dir": (["videogpt_jax.data.build", "--dataset=bair", "--data_dir={p}/tfds",
-                                  "--manual_dir={p}/none"], 2, "--manual_dir={p}/none: no such folder"),
     "build unknown dataset": (["videogpt_jax.data.build", "--dataset=imagenet", "--data_dir={p}/tfds"], 2,
                               "--dataset"),
     "convert missing input": (["videogpt_jax.convert", "--input={p}/none.ckpt", "--output={p}/c"], 2,

@@ -39,7 +39,8 @@ def check_flags() -> tuple[str, str | None]:
   config_checks.check_directory_flag("--data_dir", data_dir, must_exist=False)
   manual_dir = os.path.expanduser(_MANUAL_DIR.value) if _MANUAL_DIR.value else None
   if manual_dir is not None:
-    config_checks.check_directory_flag("--manual_dir", manual_dir, must_exist=True)
+    # A missing one is the builder's to report: its message says what to download and where to put it.
+    config_checks.check_directory_flag("--manual_dir", manual_dir, must_exist=False)
   if _KEEP_PARTIAL.value and _DATASET.value not in _DECODED:
     raise cli.UsageError(f"--keep_partial applies to the datasets decoded from video files ({', '.join(_DECODED)}), "
                          f"not --dataset={_DATASET.value}")
