@@ -131,6 +131,8 @@ def test_kill_9_then_resume_continues_with_identical_losses(tfds_dir, tmp_path):
   assert 8 <= restored_from <= killed_at
   got = _losses(workdir)
   assert sorted(got) == list(range(1, 17))
+  rows = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert rows == list(range(1, 17)), "a resumed run must replace the rows of the steps it trains again"
   for step in range(restored_from + 1, 17):
     assert got[step] == pytest.approx(want[step], rel=1e-6, abs=0), step
 
