@@ -22,11 +22,14 @@ import pathlib
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # This host's own JAX stays on CPU; TPU devices are compile-only.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from experiments import launch  # noqa: E402
+from videogpt_jax import aot  # noqa: E402
+from videogpt_jax.train import aot_steps  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -49,19 +52,15 @@ def _vqvae_config_arg(config_arg: str, dataset: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Deferred: the package (and JAX's backends) load after absl has parsed the flags.
-  from videogpt_jax import aot  # pylint: disable=import-outside-toplevel
-  from videogpt_jax.train import aot_steps  # pylint: disable=import-outside-toplevel
-
-  config = FLAGS.config
-  vqvae_config = None
-  if aot_steps.stage(config) == "gpt":
-    vqvae_config = _load_config(FLAGS.vqvae_config or _vqvae_config_arg(_config_arg(), config.data.name))
   try:
     devices = aot.topology_devices(FLAGS.topology)
   except aot.TpuUnavailableError as e:
     print(f"ERROR: {e}", file=sys.stderr)
     sys.exit(2)
+  config = FLAGS.config
+  vqvae_config = None
+  if aot_steps.stage(config) == "gpt":
+    vqvae_config = _load_config(FLAGS.vqvae_config or _vqvae_config_arg(_config_arg(), config.data.name))
   report, _ = aot_steps.compile_train_step(config, devices, vqvae_config=vqvae_config)
   print(aot.format_report(report))
   if FLAGS.json:

@@ -1,0 +1,100 @@
+"""TPU compile suite: each paper config's train step compiled for its TPU slice by the real TPU compiler.
+
+Nothing runs on a TPU (none is available here): `python -m experiments.compile` lowers the trainer's step with
+abstract arguments over a mesh of a topology's compile-only devices and compiles it with libtpu (the `tpu` extra).
+Each row gives, per chip: HBM (arguments + outputs - donated + temporaries + program) against the compiler's
+usable HBM, fits or not (the compiler's own out-of-memory verdict), the compiler's flops and HBM bytes, the
+roofline step `max(flops / peak, bytes / bandwidth)` and its compute-bound ceiling, and the compile time on this
+host. Peaks are published specs. Rows run one at a time (libtpu admits one process), each in its own process.
+
+  python benchmarks/tpu_compile.py                         # every row -> results/tpu_compile.json
+  python benchmarks/tpu_compile.py --only bair_prior_v5e8  # some rows, merged into the existing file
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+# This process's JAX (machine info) stays on CPU: the compile tool's process is the one that holds libtpu.
+os.environ["JAX_PLATFORMS"] = "cpu"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import harness  # noqa: E402
+
+C = "experiments/configs/"
+# Config choices that make the paper configs fit (see docs/scaling.md): bf16 compute over float32 parameters,
+# and for the priors per-block rematerialisation.
+BF16 = ["--config.compute_dtype=bfloat16"]
+REMAT = ["--config.model.remat=True"]
+ROWS: dict[str, dict[str, Any]] = {
+    "bair_vqvae_v5e8_f32": dict(config=C + "vqvae_bair.py", topology="v5e:2x4", overrides=[],
+                                note="as configured (float32)"),
+    "bair_vqvae_v5e8": dict(config=C + "vqvae_bair.py", topology="v5e:2x4", overrides=BF16, note="bf16"),
+    "bair_prior_v5e8_f32": dict(config=C + "gpt_bair.py", topology="v5e:2x4", overrides=[],
+                                note="as configured (float32, no remat)"),
+    "bair_prior_v5e8": dict(config=C + "gpt_bair.py", topology="v5e:2x4", overrides=BF16 + REMAT,
+                            note="bf16, per-block remat"),
+    "ucf101_vqvae_v5e8": dict(config=C + "vqvae_ucf101.py", topology="v5e:2x4", overrides=BF16, note="bf16"),
+    "ucf101_prior_cc_v5e8": dict(config=C + "gpt_ucf101.py:classcond", topology="v5e:2x4",
+                                 overrides=BF16 + REMAT, note="class-conditional; bf16, per-block remat"),
+    "ucf101_prior_cc_v5e256": dict(config=C + "gpt_ucf101.py:classcond", topology="v5e:16x16",
+                                   overrides=BF16 + REMAT + ["--config.mesh=32,1,8"],
+                                   note="class-conditional; bf16, per-block remat; batch 32 over data=32, "
+                                        "heads over model=8"),
+}
+QUICK = {
+    "vqvae_runlocal_v5e4": dict(config=C + "vqvae_bair.py:runlocal", topology="v5e:2x2", overrides=[],
+                                note="runlocal"),
+    "prior_runlocal_v5e4": dict(config=C + "gpt_bair.py:runlocal", topology="v5e:2x2", overrides=[],
+                                note="runlocal"),
+}
+
+
+def compile_row(name: str, row: dict[str, Any], python: str, timeout: float) -> dict[str, Any]:
+  """Runs the compile tool for one row in its own process; its JSON report plus what was asked."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = pathlib.Path(tmp) / "report.json"
+    cmd = [python, "-m", "experiments.compile", f"--config={row['config']}", f"--topology={row['topology']}",
+           f"--json={out}", *row["overrides"]]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - t0
+    if not out.exists():
+      tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+      raise RuntimeError(f"{name}: the compile tool failed (exit {proc.returncode}): {tail[0]}")
+    report = json.loads(out.read_text())
+  print(f"--- {name}\n{proc.stdout.strip()}", flush=True)
+  return {"name": name, **row, "command": " ".join(["python", *cmd[1:5], *row["overrides"]]), "wall_s": wall, **report}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true", help="the runlocal configs on v5e:2x2 (checks the suite)")
+  parser.add_argument("--only", default="", help="comma-separated row names")
+  parser.add_argument("--name", default="", help="results file name (default tpu_compile[_quick])")
+  parser.add_argument("--results_dir", default=str(harness.RESULTS_DIR))
+  parser.add_argument("--python", default=sys.executable, help="interpreter with libtpu importable")
+  parser.add_argument("--timeout", type=float, default=3600, help="seconds per row")
+  args = parser.parse_args()
+  rows = QUICK if args.quick else ROWS
+  names = [n for n in args.only.split(",") if n] or list(rows)
+  unknown = sorted(set(names) - set(rows))
+  if unknown:
+    raise SystemExit(f"unknown row(s) {unknown}; known: {sorted(rows)}")
+  rec = harness.Recorder(args.name or ("tpu_compile_quick" if args.quick else "tpu_compile"), {
+      "description": __doc__.split("\n\n")[1], "quick": args.quick}, merge=bool(args.only),
+      results_dir=args.results_dir)
+  for name in names:
+    rec.add(compile_row(name, rows[name], args.python, args.timeout))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,126 @@
+"""The ahead-of-time TPU compile tool: its arithmetic, its verdicts, and real TPU compiles of the runlocal configs.
+
+The TPU compiles need libtpu (`pip install -e '.[tpu]'`), importable either in this interpreter or from the
+directory `$VIDEOGPT_LIBTPU_DIR` (a `pip install --target` directory, which `.ci/run` fills: outside `.venv`, so
+no other test's JAX loads it). They run the tool in a subprocess with `JAX_PLATFORMS=cpu`; libtpu admits one
+process at a time.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import jax
+import pytest
+
+from videogpt_jax import aot
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LIBTPU_DIR = os.environ.get("VIDEOGPT_LIBTPU_DIR", "")
+HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None or (
+    bool(LIBTPU_DIR) and (pathlib.Path(LIBTPU_DIR) / "libtpu").is_dir())
+needs_libtpu = pytest.mark.skipif(
+    not HAVE_LIBTPU, reason=f"libtpu not installed: {aot.INSTALL_HINT} (or pip install --target DIR "
+                            "'libtpu==0.0.42.1' and set VIDEOGPT_LIBTPU_DIR=DIR)")
+V5E = aot.CHIPS["TPU v5 lite"]
+
+
+def _env(with_libtpu: bool = True) -> dict[str, str]:
+  path = [str(ROOT)] + ([LIBTPU_DIR] if with_libtpu and LIBTPU_DIR else [])
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "XLA_FLAGS": "",
+          "PYTHONPATH": os.pathsep.join(path)}
+
+
+def _tool(*args: str, env=None, timeout: float = 1500) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "experiments.compile", *args], cwd=ROOT, env=env or _env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_roofline_and_headroom_arithmetic():
+  # 1 s of v5e compute, 2 s of its HBM traffic: memory bound, ceiling 50%; a quarter of the usable HBM held.
+  report = aot.Report(V5E, 8, True, 1.0, argument_bytes=V5E.usable_hbm_bytes // 4, output_bytes=100,
+                      alias_bytes=100, flops=197e12, bytes_accessed=2 * 819e9)
+  assert report.compute_s == pytest.approx(1.0) and report.memory_s == pytest.approx(2.0)
+  assert report.roofline_s == pytest.approx(2.0) and report.ceiling == pytest.approx(0.5)
+  assert report.hbm_bytes == V5E.usable_hbm_bytes // 4
+  assert report.headroom == pytest.approx(0.75, abs=1e-6)
+  text = aot.format_report(report)
+  assert text.splitlines()[-1].startswith("fits: ") and "headroom 75%" in text
+  assert "memory bound, ceiling 50% of peak" in text
+  assert json.loads(json.dumps(report.to_json()))["ceiling"] == pytest.approx(0.5)
+
+
+class _Refused:
+  """A `Lowered` whose compile is refused the way the TPU compiler refuses a step too big for HBM."""
+
+  def compile(self):
+    raise jax.errors.JaxRuntimeError(
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (22.01G) "
+        "exceeds available HBM (15.75G).")
+
+
+def test_out_of_memory_verdict_is_one_line():
+  devices = [types.SimpleNamespace(device_kind="TPU v5 lite")] * 8
+  report, compiled = aot.compile_step(lambda: _Refused(), devices)
+  assert compiled is None and not report.fits
+  assert report.required_bytes == int(22.01 * 2**30)
+  verdict = aot.format_report(report).splitlines()[-1]
+  assert verdict.startswith("DOES NOT FIT on v5e:") and "22.01G" in verdict and "15.75G" in verdict
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu is installed here")
+def test_without_libtpu_the_tool_says_how_to_install_it():
+  proc = _tool("--config=experiments/configs/vqvae_bair.py:runlocal", "--topology=v5e:2x2",
+               env=_env(with_libtpu=False), timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+  assert errors == [f"ERROR: compiling for TPU needs libtpu, which is not installed: {aot.INSTALL_HINT}"]
+
+
+@needs_libtpu
+def test_usable_hbm_is_the_compilers_limit(tmp_path):
+  # An op over 4 x 20 GiB sharded over a v5e:2x2: the compiler refuses it and names its limit, which must be ours.
+  script = ("import jax, jax.numpy as jnp\n"
+            "from jax.sharding import NamedSharding, PartitionSpec as P\n"
+            "from videogpt_jax import aot\n"
+            "devices = aot.topology_devices('v5e:2x2')\n"
+            "mesh = jax.make_mesh((4,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)\n"
+            "x = jax.ShapeDtypeStruct((4 * 80000, 65536), jnp.float32, sharding=NamedSharding(mesh, P('data')))\n"
+            "report, _ = aot.compile_step(lambda: jax.jit(lambda a: (a * 2, a + 1)).lower(x), devices)\n"
+            "print(aot.format_report(report).splitlines()[-1])\n")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  verdict = proc.stdout.strip().splitlines()[-1]
+  assert verdict.startswith("DOES NOT FIT on v5e:")
+  assert f"available HBM ({V5E.usable_hbm_bytes / 2**30:.2f}G)" in verdict
+
+
+@needs_libtpu
+def test_bad_topology_is_one_line():
+  proc = _tool("--config=experiments/configs/vqvae_bair.py:runlocal", "--topology=v5e-8", timeout=300)
+  assert proc.returncode == 1
+  assert "--topology='v5e-8'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_libtpu
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["vqvae_bair.py:runlocal", "gpt_bair.py:runlocal"])
+def test_runlocal_configs_compile_for_tpu(config, tmp_path):
+  out = tmp_path / "report.json"
+  proc = _tool(f"--config=experiments/configs/{config}", "--topology=v5e:2x2", f"--json={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0].startswith("TPU v5e x 4 chips, mesh {'data': 4, 'fsdp': 1, 'model': 1}")
+  assert lines[-1].startswith("fits: ")
+  report = json.loads(out.read_text())
+  assert report["fits"] and report["chip"] == "v5e" and report["num_chips"] == 4
+  assert report["flops"] > 0 and report["bytes_accessed"] > 0 and report["temp_bytes"] > 0
+  # The state is donated: its outputs reuse the argument buffers.
+  assert report["alias_bytes"] > 0.5 * report["output_bytes"]
+  assert 0 < report["hbm_bytes"] < report["usable_hbm_bytes"] and 0 < report["ceiling"] <= 1
