@@ -45,7 +45,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "ucf101_prior_cc_v5e8": dict(config=C + "gpt_ucf101.py:classcond", topology="v5e:2x4",
                                  overrides=BF16 + REMAT, note="class-conditional; bf16, per-block remat"),
     "ucf101_prior_cc_v5e256": dict(config=C + "gpt_ucf101.py:classcond", topology="v5e:16x16",
-                                   overrides=BF16 + REMAT + ["--config.mesh=32,1,8"],
+                                   overrides=BF16 + REMAT + ["--config.mesh=(32,1,8)"],
                                    note="class-conditional; bf16, per-block remat; batch 32 over data=32, "
                                         "heads over model=8"),
 }
@@ -73,6 +73,36 @@ def compile_row(name: str, row: dict[str, Any], python: str, timeout: float) -> 
     report = json.loads(out.read_text())
   print(f"--- {name}\n{proc.stdout.strip()}", flush=True)
   return {"name": name, **row, "command": " ".join(["python", *cmd[1:5], *row["overrides"]]), "wall_s": wall, **report}
+
+
+def _gib(n: float | None) -> str:
+  return "–" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def _ms(s: float | None) -> str:
+  return "–" if s is None else f"{s * 1e3:.0f} ms" if s >= 0.01 else f"{s * 1e3:.1f} ms"
+
+
+def table(data: dict[str, Any] | None) -> list[str]:
+  """The markdown table of `results/tpu_compile.json` for docs/benchmarks.md."""
+  if not data or not data.get("rows"):
+    return ["Not measured: run `python benchmarks/tpu_compile.py` with libtpu installed (`pip install -e '.[tpu]'`)."]
+  out = ["| row | config | slice, mesh (data, fsdp, model) | HBM per chip (usable) | verdict | TFLOP / chip | "
+         "GB HBM traffic / chip | roofline step (compute) | ceiling | compile |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in data["rows"]:
+    mesh = "×".join(str(v) for v in (r.get("mesh") or {}).values())
+    config = f"`{r['config'].rsplit('/', 1)[-1]}` {' '.join(o.replace('--config.', '') for o in r['overrides'])}"
+    head = (f"| {r['name']} | {config.strip()} | {r['chip']} ×{r['num_chips']}, {mesh} | {_gib(r['hbm_bytes'])} "
+            f"({_gib(r['usable_hbm_bytes'])}) |")
+    if r["fits"]:
+      out.append(f"{head} fits, {r['headroom']:.0%} headroom | {r['flops'] / 1e12:.2f} | "
+                 f"{r['bytes_accessed'] / 1e9:.0f} | {_ms(r['roofline_s'])} ({_ms(r['compute_s'])}) | "
+                 f"{r['ceiling']:.0%} | {r['compile_s']:.0f} s |")
+    else:
+      out.append(f"{head} **does not fit** (needs {_gib(r.get('required_bytes'))}) | – | – | – | – | "
+                 f"{r['compile_s']:.0f} s |")
+  return out
 
 
 def main() -> None:
