@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the model-level benchmark suite and regenerates docs/benchmarks.md.
 #
-#   benchmarks/run_all.sh                  # full run: results/{vqvae,prior,sampling}_bench.json, projection.json
+#   benchmarks/run_all.sh                  # full run: results/{vqvae,prior,sampling}_bench.json, tpu_compile.json
 #   benchmarks/run_all.sh --quick          # tiny shapes (checks the scripts; results/*_quick.json)
 #   DEADLINE=13:25 benchmarks/run_all.sh   # UTC: workloads that would not finish by then are skipped and marked
-#   SKIP_PROJECTION=1 benchmarks/run_all.sh  # keep an existing results/projection.json (compile-only, slow)
+#   SKIP_TPU_COMPILE=1 benchmarks/run_all.sh  # keep an existing results/tpu_compile.json (compile-only, slow)
+#   TPU_PYTHON=/path/to/python benchmarks/run_all.sh  # an interpreter with libtpu (default: $PYTHON)
 #
 # Run it on an otherwise idle machine: the timings are wall-clock medians. The malloc settings below keep large
 # temporaries mapped between steps instead of page-faulting them in on every call (~17% faster steps measured
@@ -37,14 +38,16 @@ for script in vqvae_bench sampling_bench prior_bench; do
   stamp "$script extras"
   "$PY" "benchmarks/$script.py" --phase extras --merge "${QUICK[@]}" "${DL[@]}" || status=1
 done
-# Compile-only (never executes the big steps): timing-insensitive, so it may also run on a busy machine.
-if [[ -z "${SKIP_PROJECTION:-}" ]]; then
-  stamp projection
-  "$PY" benchmarks/projection.py "${QUICK[@]}" || status=1
-  # The priors again under XLA:CPU's other scheduler, whose memory analysis honours rematerialisation better.
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_enable_concurrency_optimized_scheduler=false" \
-    "$PY" benchmarks/projection.py --only bair_prior,ucf101_prior --name "projection_sched$SUFFIX" "${QUICK[@]}" \
-    || status=1
+# Compile-only (never executes the big steps): timing-insensitive, so it may also run on a busy machine. Needs
+# libtpu (the `tpu` extra); without it the suite is skipped and docs/benchmarks.md keeps the existing rows.
+TPU_PY="${TPU_PYTHON:-$PY}"
+if [[ -z "${SKIP_TPU_COMPILE:-}" ]]; then
+  if "$TPU_PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("libtpu") is None)'; then
+    stamp tpu_compile
+    "$TPU_PY" benchmarks/tpu_compile.py "${QUICK[@]}" --python "$TPU_PY" || status=1
+  else
+    stamp "tpu_compile skipped: libtpu not importable by $TPU_PY (pip install -e '.[tpu]')"
+  fi
 fi
 if [[ -n "$SUFFIX" ]]; then
   "$PY" benchmarks/report.py --suffix "$SUFFIX" --out /tmp/benchmarks_quick.md || status=1

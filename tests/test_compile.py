@@ -124,3 +124,21 @@ def test_runlocal_configs_compile_for_tpu(config, tmp_path):
   # The state is donated: its outputs reuse the argument buffers.
   assert report["alias_bytes"] > 0.5 * report["output_bytes"]
   assert 0 < report["hbm_bytes"] < report["usable_hbm_bytes"] and 0 < report["ceiling"] <= 1
+
+
+def test_suite_table_shows_fit_and_refusal():
+  sys.path.insert(0, str(ROOT))
+  from benchmarks import tpu_compile  # pylint: disable=import-outside-toplevel
+
+  fits = aot.Report(V5E, 8, True, 12.0, argument_bytes=2**30, temp_bytes=2**30, flops=197e12, bytes_accessed=819e9,
+                    mesh={"data": 8, "fsdp": 1, "model": 1})
+  refused = aot.Report(V5E, 8, False, 30.0, error="RESOURCE_EXHAUSTED", required_bytes=22 * 2**30,
+                       mesh={"data": 8, "fsdp": 1, "model": 1})
+  rows = [{"name": n, "config": "experiments/configs/gpt_bair.py", "overrides": ["--config.model.remat=True"],
+           **r.to_json()} for n, r in (("a", fits), ("b", refused))]
+  lines = tpu_compile.table({"rows": rows})
+  assert len(lines) == 4
+  assert "| a | `gpt_bair.py` model.remat=True | v5e ×8, 8×1×1 | 2.00 GiB (15.75 GiB) | fits, 87% headroom |" in lines[2]
+  assert "| 197.00 | 819 | 1000 ms (1000 ms) | 100% | 12 s |" in lines[2]
+  assert "**does not fit** (needs 22.00 GiB)" in lines[3]
+  assert "Not measured" in tpu_compile.table(None)[0]
