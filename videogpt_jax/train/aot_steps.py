@@ -24,11 +24,10 @@ def stage(config: Any) -> str:
 
 
 def _for_tpu(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The convolution form a TPU runs: `conv_impl="auto"` decides by the host's backend at trace time, and this
-  host is a CPU."""
+  """The formulations a TPU runs: the models pick them by their `platform` argument, which defaults to this
+  host's CPU."""
   out = ml_collections.ConfigDict(config.to_dict())
-  if out.get("model") is not None and out.model.get("conv_impl", None) == "auto":
-    out.model.conv_impl = "direct"
+  out.model.platform = "tpu"
   return out
 
 
