@@ -1,6 +1,6 @@
 """Regenerates `docs/benchmarks.md` from `benchmarks/results/*.json` (nothing is measured here).
 
-  python benchmarks/report.py            # reads results/{vqvae,prior,sampling}_bench.json, projection.json
+  python benchmarks/report.py            # reads results/{vqvae,prior,sampling}_bench.json, tpu_compile.json
   python benchmarks/report.py --suffix _quick --out /tmp/benchmarks_quick.md
 """
 from __future__ import annotations
@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks import tpu_compile  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 NOT_MEASURED = "not measured"
 REFERENCE_MATMUL = 190e9  # float32 matmul rate of the reference machine (185-200 GFLOP/s)
@@ -228,32 +231,6 @@ def scaling(pr: dict, vq: dict) -> list[str]:
   return out
 
 
-def projection(pj: dict | None) -> list[str]:
-  if not pj:
-    return [f"{NOT_MEASURED}: run `python benchmarks/projection.py`."]
-  accs = pj.get("accelerators", {})
-  out = ["Peaks used (published specs, not measured here; no GPU or TPU was available for this work): " +
-         "; ".join(f"{k}: {v['source']}" for k, v in accs.items()) + ".", "",
-         "Each accelerator cell: compute-bound floor (flops / peak) → roofline step with the CPU-compiled "
-         "program's bytes (utilisation ceiling), and whether the per-device memory fits the chip's HBM.", "",
-         "| config | remat | params | per-device TFLOP / step | per-device GB accessed | per-device memory | " +
-         " | ".join(f"{k}" for k in accs) + " |",
-         "|---|---|---|---|---|---|" + "---|" * len(accs)]
-  for r in pj.get("rows", []):
-    roof = r.get("roofline", {})
-    cells = []
-    for k in accs:
-      v = roof.get(k)
-      cells.append("–" if not v else f"{fmt_s(v['compute_s'])} → {fmt_s(v['implied_step_s'])} "
-                                     f"({v['utilisation_ceiling']:.0%}); {'fits' if v['fits_hbm'] else 'does not fit'}")
-    out.append(f"| {r['config']} | {'yes' if r['remat'] else 'no'} | {r['params'] / 1e6:.1f} M | "
-               f"{(r.get('per_device_flops') or 0) / 1e12:.2f} | {(r.get('per_device_bytes_accessed') or 0) / 1e9:.1f}"
-               f" | {fmt_bytes(r.get('per_device_memory_bytes'))} | " + " | ".join(cells) + " |")
-  out += ["", "Configs: " + "; ".join(f"**{r['config']}**: {r['note']}" for r in pj.get("rows", [])
-                                      if not r["remat"] and r.get("note"))]
-  return out
-
-
 def conditions(data: list[dict | None]) -> list[str]:
   """A warning when the runs saw a slower matmul than the reference machine's (a shared or throttled CPU)."""
   rates = [r["matmul_flops_per_s"] for d in data if d for r in d.get("runs", []) if r.get("matmul_flops_per_s")]
@@ -311,11 +288,7 @@ def main() -> None:
   parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
   args = parser.parse_args()
   vq_data, pr_data, sa_data = (load(n + args.suffix) for n in ("vqvae_bench", "prior_bench", "sampling_bench"))
-  pj = load("projection" + args.suffix)
-  pj_sched = load("projection_sched" + args.suffix)
-  if pj and pj_sched:  # the same configs compiled under XLA:CPU's other scheduler: memory closer to a TPU's
-    pj = {**pj, "rows": pj["rows"] + [{**r, "config": r["config"] + " (other CPU scheduler)", "note": ""}
-                                      for r in pj_sched.get("rows", [])]}
+  tc = load("tpu_compile" + args.suffix)
   vq, pr, sa = rows_by_name(vq_data), rows_by_name(pr_data), rows_by_name(sa_data)
   lines = [
       "# Benchmarks",
@@ -364,20 +337,18 @@ def main() -> None:
       "Attention alone (forward + backward of one layer, 1k–8k tokens, with the dense-mask baseline): "
       "`benchmarks/results/attention_scaling.json` (`benchmarks/attention_scaling.py`).",
       "",
-      "## Accelerator projection (compiled, not run)",
+      "## TPU slices (compiled by the TPU compiler, not run)",
       "",
-      "Train steps of the paper's configurations compiled for a simulated 8-device mesh (batch sharded over "
-      "`data`, state replicated, bf16 compute over float32 parameters); flops and bytes from XLA's cost analysis "
-      "of the per-device program, memory from its memory analysis. Implied step = max(flops / peak, bytes / "
-      "bandwidth) on one chip; ceiling = compute time / implied step. The CPU compiler's fusion decides the byte "
-      "count, so the memory-bound estimates are rough; no collective (gradient all-reduce) time is included. "
-      "Per-device memory is XLA:CPU's buffer assignment, an upper bound for an accelerator: XLA:CPU's default "
-      "(concurrency-optimised) scheduler keeps many activations live at once and so largely defeats per-block "
-      "rematerialisation (a toy 8-layer MLP stack, 8192×576: 2.5 GiB without remat, 1.9 GiB with it, 1.0 GiB with "
-      "it under `--xla_cpu_enable_concurrency_optimized_scheduler=false`, 0.4 GiB with remat inside a `lax.scan` "
-      "over layers). Rows marked “other CPU scheduler” were compiled with that flag.",
+      "Each paper config's train step (the trainer's own) compiled for a TPU slice by libtpu's compiler on this "
+      "host (`benchmarks/tpu_compile.py` → `python -m experiments.compile`; no TPU was available, none ran). HBM "
+      "per chip = arguments + outputs − donated + temporaries + program, against the compiler's usable HBM; "
+      "\"does not fit\" is the compiler's own out-of-memory verdict. Flops and bytes: the TPU compiler's cost "
+      "analysis of one chip's program. Roofline step = max(flops / peak, bytes / HBM bandwidth) with published "
+      "peaks (v5e: 197 TFLOP/s bf16, 819 GB/s; v4: 275 TFLOP/s, 1.2 TB/s); ceiling = compute time / roofline "
+      "step. Inter-chip communication is not included (the step is a lower bound, the ceiling an upper bound). "
+      "Compile time is wall-clock on this shared 2-core host. Which slice and mesh to use: `docs/scaling.md`.",
       "",
-      *projection(pj),
+      *tpu_compile.table(tc),
       "",
   ]
   out = pathlib.Path(args.out)
