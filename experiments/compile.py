@@ -24,11 +24,10 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # This host's own JAX stays on CPU; TPU devices are compile-only.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from experiments import launch  # noqa: E402
-from videogpt_jax import aot  # noqa: E402
+from videogpt_jax import aot, cli  # noqa: E402
 from videogpt_jax.train import aot_steps  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -50,13 +49,11 @@ def _vqvae_config_arg(config_arg: str, dataset: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_extra_args(argv)
   try:
     devices = aot.topology_devices(FLAGS.topology)
-  except aot.TpuUnavailableError as e:
-    print(f"ERROR: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (aot.TpuUnavailableError, ValueError) as e:
+    raise cli.UsageError(str(e)) from e
   config = FLAGS.config
   vqvae_config = None
   if aot_steps.stage(config) == "gpt":
@@ -72,7 +69,7 @@ def _load_config(arg: str):
   """`get_config(arg)` of a config file given as `path[:arg]`."""
   path, _, cfg_arg = arg.partition(":")
   if not pathlib.Path(path).is_file():
-    raise ValueError(f"--vqvae_config: no config file {path!r}")
+    raise cli.UsageError(f"--vqvae_config: no config file {path!r}")
   spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -89,4 +86,4 @@ def _config_arg() -> str:
 
 if __name__ == "__main__":
   _define_flags()
-  launch.run(lambda argv: launch.run_reporting_errors(lambda: main(argv)))
+  cli.run(main)
