@@ -8,6 +8,13 @@ maps those names to the mesh axes `data`, `fsdp` and `model`:
 - `fsdp`: data parallelism with parameters (and optimizer state) sharded along their input/embedding axis.
 - `model`: tensor parallelism over attention heads, MLP hidden units, vocabulary and convolution outputs.
 
+Convolution kernels are split over `model` *and* `fsdp` on their output channels and never on their input
+channels: XLA's SPMD partitioner computes wrong gradients for a kernel whose input channels are split over an axis
+that also splits the batch, fed by an activation whose channels are split over `model` (see
+`docs/xla_conv_sharding_repro.py`; every consecutive pair of VQ-VAE convolutions has that layout under
+`conv_in -> fsdp, conv_out -> model`). Splitting the output channels over both axes keeps the kernels' memory
+per device the same.
+
 The batch is split over `data` and `fsdp` together. A mesh axis that does not divide a parameter's dimension is
 dropped for that dimension (the dimension is replicated instead), so tiny test models run on any mesh.
 """
@@ -36,8 +43,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv", None),
     ("vocab", "model"),
     ("codebook", None),
-    ("conv_in", "fsdp"),
-    ("conv_out", "model"),
+    # Never "fsdp" (or any batch axis): see the module docstring and docs/xla_conv_sharding_repro.py.
+    ("conv_in", None),
+    ("conv_out", ("model", "fsdp")),
     ("conv_k", None),
     ("norm", None),
 )

@@ -12,7 +12,9 @@ from videogpt_jax.data.builders import moving_mnist
 
 
 def _examples(builder, split):
-  return data.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+  # The numpy decoder returns a video as a list of frames.
+  return [{k: np.stack(v) if isinstance(v, list) else v for k, v in ex.items()}
+          for ex in builder.as_data_source(split)]
 
 
 # ---------------------------------------------------------------- BAIR ----

@@ -3,6 +3,7 @@ shards and exact-once evaluation."""
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.data import conftest as data
-from videogpt_jax.data import pipeline
+from videogpt_jax.data import builders, pipeline
 
 
 def _np(batch):
@@ -134,7 +135,7 @@ def test_eval_covers_split_once_with_mask(bair_builder, batch_sharding):
 
 def test_ucf_labels_through_pipeline(ucf_builder, batch_sharding):
   it = pipeline.make_train_iterator(ucf_builder, global_batch_size=2, sharding=None, seq_len=16, resolution=32,
-                                    seed=0, shuffle_buffer=16)
+                                    seed=0)
   assert it.steps_per_epoch == 3
   train_labels = []
   for _ in range(3):
@@ -168,7 +169,7 @@ def test_bad_batch_sizes(mnist_builder, batch_sharding):
   with pytest.raises(ValueError, match="divisible by process_count"):
     pipeline.make_train_iterator(mnist_builder, global_batch_size=5, sharding=None, process_count=2,
                                  process_index=0)
-  with pytest.raises(ValueError, match="fewer than the local batch"):
+  with pytest.raises(ValueError, match="fewer than the global batch"):
     pipeline.make_train_iterator(mnist_builder, global_batch_size=64, sharding=None)
 
 
@@ -184,3 +185,66 @@ def test_eval_every_window_once(bair_builder):
         np.testing.assert_array_equal(f, np.arange(f[0], f[0] + 16))
         pairs.append((int(t), int(f[0])))
   assert sorted(pairs) == [(t, s) for t in range(100, 100 + data.BAIR_TEST) for s in (0, 7, 14)]
+
+
+def _global_batches(its, n):
+  """The next `n` global batches of simulated processes `its`: their local batches concatenated."""
+  return [np.concatenate([next(it)["video"] for it in its]) for _ in range(n)]
+
+
+def _processes(builder, count, **kwargs):
+  return [pipeline.make_train_iterator(builder, sharding=None, process_index=i, process_count=count, **kwargs)
+          for i in range(count)]
+
+
+@pytest.mark.parametrize("resume_count", [1, 4])
+def test_resume_on_another_process_count_equals_uninterrupted(mnist_builder, resume_count):
+  """Saved by 2 processes at step 6 (epoch 1, 2 batches in), resumed by 1 or 4: the same global batches."""
+  kwargs = dict(global_batch_size=8, seq_len=4, resolution=16, seed=3)
+  full = _global_batches(_processes(mnist_builder, 1, **kwargs), 11)
+  assert not np.array_equal(full[0], full[4])  # epochs reshuffle
+  its = _processes(mnist_builder, 2, **kwargs)
+  before = _global_batches(its, 6)
+  state = json.loads(json.dumps(its[0].state()))  # as the trainer stores it
+  assert state["step"] == 6 and state["process_count"] == 2
+  after = [it.restore(state) for it in _processes(mnist_builder, resume_count, **kwargs)]
+  for step, batch in enumerate(before + _global_batches(after, 5)):
+    np.testing.assert_array_equal(batch, full[step], err_msg=f"step {step}")
+
+
+def test_resume_reads_only_what_is_left(mnist_builder):
+  """Resuming at the last batch of an epoch reads that batch's examples, not the epoch before it."""
+  it = pipeline.make_train_iterator(mnist_builder, global_batch_size=8, sharding=None, seq_len=4, resolution=16,
+                                    seed=3, process_index=1, process_count=2)
+  reads = []
+
+  class Counting:
+    def __init__(self, source):
+      self.source = source
+
+    def __len__(self):
+      return len(self.source)
+
+    def __getitem__(self, i):
+      reads.append(i)
+      return self.source[i]
+
+  it.source = Counting(it.source)
+  last = it.steps_per_epoch - 1
+  it.restore(dict(it.state(), step=last))
+  batch = next(it)
+  indices, positions = it.epoch_positions(0, last)
+  assert sorted(reads) == sorted(indices.tolist()) and len(reads) == it.local_batch_size == 4
+  np.testing.assert_array_equal(positions, last * 8 + 4 + np.arange(4))
+  assert batch["video"].shape == (4, 4, 16, 16, 3)
+
+
+@pytest.mark.slow
+def test_tfrecord_dataset_is_a_clear_error(tmp_path):
+  """A dataset directory written as TFRecord files names itself and says how to rebuild; nothing is deleted."""
+  old = builders.BUILDERS["moving_mnist"](data_dir=str(tmp_path), config="tiny", file_format="tfrecord")
+  old.download_and_prepare()
+  files = sorted(p.name for p in pathlib.Path(old.data_dir).iterdir())
+  with pytest.raises(ValueError, match=r"moving_mnist: .* stored as tfrecord files.*data.build --dataset="):
+    builders.load_builder("moving_mnist", tmp_path, config="tiny")
+  assert sorted(p.name for p in pathlib.Path(old.data_dir).iterdir()) == files

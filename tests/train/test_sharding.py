@@ -56,7 +56,7 @@ def test_logical_rules_are_first_unused_axis_and_repeats_replicate():
   assert sharding.logical_to_mesh_spec(("embed", "embed")) == P("fsdp", None)
   assert sharding.logical_to_mesh_spec(("embed", "mlp")) == P("fsdp", "model")
   assert sharding.logical_to_mesh_spec(("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")) == \
-      P(None, None, None, "fsdp", "model")
+      P(None, None, None, None, ("model", "fsdp"))
   assert sharding.logical_to_mesh_spec(("codebook", "norm")) == P(None, None)
   assert sharding.logical_to_mesh_spec(None) == P()
   names = {name for name, _ in sharding.LOGICAL_AXIS_RULES}

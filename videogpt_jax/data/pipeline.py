@@ -1,14 +1,15 @@
-"""tf.data input pipelines yielding global sharded `jax.Array` batches, resumable at any step.
+"""tf.data input pipelines yielding global sharded `jax.Array` batches, resumable at any step on any number of hosts.
 
-Train: each process reads its own slice of the split (`tfds.split_for_jax_process`), epoch by epoch. Epoch `e`
-shuffles files and examples with a seed derived from `(seed, e)`, and every example carries a stateless seed
-`(hash(seed, e, process), position in epoch)` for its random ops (window start, crop, flip). A batch is therefore a
-pure function of the step number: resuming at step `n` re-reads epoch `n // steps_per_epoch`, skips the batches
-already seen (before decoding, so skipping is cheap) and yields exactly what an uninterrupted run would.
-The batches of one epoch never straddle the next (`drop_remainder`), so steps_per_epoch is fixed.
+Datasets are read by random access from their ArrayRecord files (`tfds` data sources). Train: epoch `e` is one
+permutation of the whole split seeded by `(seed, e)`; global batch `s` of the epoch is the permutation's entries
+`[s B, (s + 1) B)` and process `p` of `n` reads its contiguous `B / n` of them. Every example carries the stateless
+seed `(hash(seed, e), position in epoch)` for its random ops (window start, crop, flip). A global batch is therefore
+a pure function of the step number, whatever the number of processes: a run saved on N hosts resumes on M hosts
+with the same data, and resuming reads only the examples still to come (no skipping through the epoch). Epochs
+never straddle (the last `len(split) % B` of each permutation are dropped), so steps_per_epoch is fixed.
 
-Eval: one pass over the whole split in file order, fixed windows, the last batch padded with zeros and
-`mask=False`; every process yields the same number of batches (needed for global arrays).
+Eval: one pass over the whole split in order, fixed windows, the last batch padded with zeros and `mask=False`;
+every process yields the same number of batches (needed for global arrays).
 
 Batches are dicts: `video (B, T, H, W, 3)` float32 in [-0.5, 0.5], `label (B,)` int32 when the dataset has
 labels, `cond_frames (B, n_cond_frames, H, W, 3)` when `n_cond_frames > 0`, and `mask (B,)` bool for eval. With
@@ -24,6 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -32,6 +34,8 @@ from videogpt_jax.data import preprocess_ops
 
 BuilderArg = str | tfds.core.DatasetBuilder
 _OUTPUT_KEYS = ("video", "label", "cond_frames", "mask")
+# Names the data order of `TrainIterator` in its state: a state from another order cannot resume it.
+_ORDER = "global_permutation"
 
 
 def default_preprocess(seq_len: int, resolution: int, *, train: bool, n_cond_frames: int = 0) -> str:
@@ -83,13 +87,37 @@ def _local_batch_size(global_batch_size: int, process_count: int, sharding) -> i
   return global_batch_size // process_count
 
 
-def _read(builder: tfds.core.DatasetBuilder, split, shuffle_seed: int | None) -> tf.data.Dataset:
-  """Raw examples (`video` still encoded, `(T,)` strings) with only the keys the pipeline carries."""
-  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False)
-  ds = builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None, read_config=read_config,
-                          decoders={"video": tfds.decode.SkipDecoding()})
-  has_label = "label" in builder.info.features
-  return ds.map(lambda x: {"video": x["video"], **({"label": tf.cast(x["label"], tf.int32)} if has_label else {})})
+def data_source(builder: tfds.core.DatasetBuilder, split) -> Any:
+  """Random access to the serialized examples of `split` (`len()`, `[i]`)."""
+  try:
+    return builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  except NotImplementedError:
+    raise ValueError(
+        f"dataset {builder.name!r} in {builder.data_dir} is stored as {builder.info.file_format.value} files, "
+        "but the input pipeline needs random access (ArrayRecord): rebuild it into a new data_dir with "
+        "`python -m videogpt_jax.data.build`") from None
+
+
+def _read(builder: tfds.core.DatasetBuilder, source: Any, indices: np.ndarray) -> tf.data.Dataset:
+  """Raw examples `source[indices]` in that order (`video` still encoded, `(T,)` strings), with only the keys the
+  pipeline carries."""
+  indices = np.asarray(indices, np.int64)
+  ds = tf.data.Dataset.from_generator(lambda: (source[int(i)] for i in indices),
+                                      output_signature=tf.TensorSpec((), tf.string))
+  features = builder.info.features
+  has_label = "label" in features
+
+  def parse(serialized):
+    x = features.deserialize_example(serialized, decoders={"video": tfds.decode.SkipDecoding()})
+    return {"video": x["video"], **({"label": tf.cast(x["label"], tf.int32)} if has_label else {})}
+
+  return ds.map(parse)
+
+
+def _read_split(builder: tfds.core.DatasetBuilder, split) -> tf.data.Dataset:
+  """All raw examples of `split` in order."""
+  source = data_source(builder, split)
+  return _read(builder, source, np.arange(len(source)))
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -106,41 +134,46 @@ def _to_output(batch: dict[str, np.ndarray], sharding) -> dict[str, Any]:
 
 
 class TrainIterator:
-  """Infinite iterator over training batches; `state()` / `restore()` give exact resumption."""
+  """Infinite iterator over training batches; `state()` / `restore()` give exact resumption on any process count."""
 
   def __init__(self, builder: tfds.core.DatasetBuilder, *, split: str, global_batch_size: int, sharding,
-               preprocess: str, seed: int, start_step: int = 0, shuffle_buffer: int = 2048,
-               process_index: int | None = None, process_count: int | None = None):
+               preprocess: str, seed: int, start_step: int = 0, process_index: int | None = None,
+               process_count: int | None = None):
     self.builder = builder
     self.split = split
     self.seed = int(seed)
     self.global_batch_size = int(global_batch_size)
     self.sharding = sharding
     self.preprocess = preprocess
-    self.shuffle_buffer = int(shuffle_buffer)
     self.process_index = jax.process_index() if process_index is None else int(process_index)
     self.process_count = jax.process_count() if process_count is None else int(process_count)
     self.local_batch_size = _local_batch_size(self.global_batch_size, self.process_count, sharding)
-    # drop_remainder: every process gets the same number of examples, hence the same steps_per_epoch.
-    self.local_split = split_for_process(split, process_index=self.process_index,
-                                         process_count=self.process_count, drop_remainder=True)
-    self.examples_per_epoch = builder.info.splits[self.local_split].num_examples
-    self.steps_per_epoch = self.examples_per_epoch // self.local_batch_size
+    self.source = data_source(builder, split)
+    self.examples_per_epoch = len(self.source)
+    self.steps_per_epoch = self.examples_per_epoch // self.global_batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"split {split!r} gives {self.examples_per_epoch} examples per process, fewer than the "
-                       f"local batch of {self.local_batch_size}")
+      raise ValueError(f"split {split!r} has {self.examples_per_epoch} examples, fewer than the global batch of "
+                       f"{self.global_batch_size}")
     self._preprocess_fn = preprocess_ops.get_preprocess_fn(preprocess)
     self._step = int(start_step)
     self._it = None
 
-  def _epoch_dataset(self, epoch: int, skip_batches: int) -> tf.data.Dataset:
-    epoch_seed = _mix(self.seed, epoch, self.process_index)
-    ds = _read(self.builder, self.local_split, shuffle_seed=epoch_seed)
-    ds = ds.shuffle(self.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(skip_batches * self.local_batch_size)
+  def epoch_positions(self, epoch: int, first_batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(example indices, positions in the epoch)` this process reads from global batch `first_batch` on."""
+    order = np.random.default_rng(_mix(self.seed, epoch)).permutation(self.examples_per_epoch)
+    steps = np.arange(first_batch, self.steps_per_epoch)[:, None]
+    positions = (steps * self.global_batch_size + self.process_index * self.local_batch_size +
+                 np.arange(self.local_batch_size)[None, :]).reshape(-1)
+    return order[positions], positions
 
-    def prepare(index, example):
-      example = dict(example, _seed=tf.stack([tf.constant(epoch_seed, tf.int64), index]))
+  def _epoch_dataset(self, epoch: int, first_batch: int) -> tf.data.Dataset:
+    epoch_seed = _mix(self.seed, epoch)
+    indices, positions = self.epoch_positions(epoch, first_batch)
+    ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(positions),
+                             _read(self.builder, self.source, indices))
+
+    def prepare(position, example):
+      example = dict(example, _seed=tf.stack([tf.constant(epoch_seed, tf.int64), position]))
       out = self._preprocess_fn(example)
       return {k: v for k, v in out.items() if not k.startswith("_")}
 
@@ -158,7 +191,7 @@ class TrainIterator:
     batch = next(self._it)
     self._step += 1
     if self._step % self.steps_per_epoch == 0:
-      self._it = None  # The epoch is spent (drop_remainder); the next call opens the next one.
+      self._it = None  # The epoch is spent; the next call opens the next one.
     return _to_output(batch, self.sharding)
 
   @property
@@ -166,15 +199,22 @@ class TrainIterator:
     return self._step
 
   def state(self) -> dict[str, Any]:
-    """JSON-serialisable position: the number of batches already yielded and what they depend on."""
+    """JSON-serialisable position: the number of batches already yielded and what the data order depends on.
+
+    `process_count` is recorded for the logs only: the order does not depend on it.
+    """
     return {"step": self._step, "seed": self.seed, "split": self.split, "global_batch_size": self.global_batch_size,
-            "process_count": self.process_count, "preprocess": self.preprocess,
-            "shuffle_buffer": self.shuffle_buffer, "dataset": self.builder.name}
+            "process_count": self.process_count, "preprocess": self.preprocess, "dataset": self.builder.name,
+            "order": _ORDER}
 
   def restore(self, state: dict[str, Any]) -> TrainIterator:
     """Moves to `state["step"]`; raises ValueError if the state was saved for a different data order."""
     mine = self.state()
-    for key in ("seed", "split", "global_batch_size", "process_count", "preprocess", "shuffle_buffer", "dataset"):
+    if state.get("order") != _ORDER:
+      logging.warning("iterator state %s comes from an input pipeline with a per-process shuffle; resuming at "
+                      "step %s in this pipeline's order (examples seen before the restart may repeat)", state,
+                      state["step"])
+    for key in ("seed", "split", "global_batch_size", "preprocess", "dataset"):
       if key in state and state[key] != mine[key]:
         raise ValueError(f"iterator state has {key}={state[key]!r} but this iterator has {mine[key]!r}; "
                          "resuming would change the data order")
@@ -222,8 +262,8 @@ class EvalIterator:
       per_process = [builder.info.splits[split_for_process(split, process_index=i, process_count=process_count)]
                      .num_examples for i in range(process_count)]
     else:
-      per_process = [_count_windows(_read(builder, split_for_process(split, process_index=i,
-                                                                      process_count=process_count), None), *windows)
+      per_process = [_count_windows(_read_split(builder, split_for_process(split, process_index=i,
+                                                                            process_count=process_count)), *windows)
                      for i in range(process_count)]
     self.num_examples = per_process[process_index]
     # Every process must yield as many batches as the largest slice needs.
@@ -242,7 +282,7 @@ class EvalIterator:
       out = {k: v for k, v in out.items() if not k.startswith("_")}
       return dict(out, mask=tf.constant(True))
 
-    ds = _read(self.builder, self.local_split, shuffle_seed=None)
+    ds = _read_split(self.builder, self.local_split)
     if self.windows is not None:
       ds = _windowed(ds, *self.windows)
     ds = ds.enumerate().map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -263,8 +303,7 @@ def make_train_iterator(builder: BuilderArg, *, data_dir: str | os.PathLike | No
                         global_batch_size: int, sharding, seq_len: int = 16, resolution: int = 64, seed: int = 0,
                         preprocess: str | None = None, n_cond_frames: int = 0, start_step: int = 0,
                         config: str | tfds.core.BuilderConfig | None = None, manual_dir: str | None = None,
-                        shuffle_buffer: int = 2048, process_index: int | None = None,
-                        process_count: int | None = None) -> TrainIterator:
+                        process_index: int | None = None, process_count: int | None = None) -> TrainIterator:
   """Training batches of `seq_len`-frame random windows at `resolution`, sharded by `sharding` over the batch.
 
   Args:
@@ -278,8 +317,8 @@ def make_train_iterator(builder: BuilderArg, *, data_dir: str | os.PathLike | No
   builder = _builder(builder, data_dir, config, manual_dir)
   preprocess = preprocess or default_preprocess(seq_len, resolution, train=True, n_cond_frames=n_cond_frames)
   return TrainIterator(builder, split=split, global_batch_size=global_batch_size, sharding=sharding,
-                       preprocess=preprocess, seed=seed, start_step=start_step, shuffle_buffer=shuffle_buffer,
-                       process_index=process_index, process_count=process_count)
+                       preprocess=preprocess, seed=seed, start_step=start_step, process_index=process_index,
+                       process_count=process_count)
 
 
 def make_eval_iterator(builder: BuilderArg, *, data_dir: str | os.PathLike | None = None, split: str = "test",

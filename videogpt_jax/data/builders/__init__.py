@@ -21,6 +21,7 @@ from videogpt_jax.data.builders.ucf101 import Ucf101, Ucf101Config
 from videogpt_jax.data.builders.video_folder import VideoFolder, VideoFolderConfig
 
 SKIPPED_FILE = "skipped_inputs.json"
+FILE_FORMAT = "array_record"
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "bair": Bair,
@@ -46,7 +47,17 @@ def get_builder(name: str, data_dir: str | os.PathLike,
   if isinstance(config, str) and config not in cls.builder_configs:
     raise ValueError(f"Unknown config {config!r} for dataset {name!r}; expected one of "
                      f"{sorted(cls.builder_configs)} (or pass a {cls.__name__} config object).")
-  return cls(data_dir=os.fspath(data_dir), config=config)
+  builder = cls(data_dir=os.fspath(data_dir), config=config)
+  if builder.is_prepared():
+    if builder.info.file_format != tfds.core.FileFormat(FILE_FORMAT):
+      raise ValueError(
+          f"{name}: the dataset in {builder.data_dir} is stored as {builder.info.file_format.value} files, but the "
+          f"input pipeline reads {FILE_FORMAT} files (random access): rebuild it with `python -m "
+          f"videogpt_jax.data.build --dataset={name} --data_dir=<a new directory>` (or move that directory away)")
+    return builder
+  # ArrayRecord: the input pipeline reads examples by index (one global order for any number of hosts, resumed
+  # without reading what came before).
+  return cls(data_dir=os.fspath(data_dir), config=config, file_format=FILE_FORMAT)
 
 
 def load_builder(name: str, data_dir: str | os.PathLike, manual_dir: str | os.PathLike | None = None,

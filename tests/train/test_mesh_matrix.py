@@ -1,0 +1,180 @@
+"""Every `(data, fsdp, model)` mesh computes the same gradients and training steps as one device.
+
+For the VQ-VAE and the three priors (unconditional, frame-conditional, class-conditional), three steps of the
+trained loss, its gradient and Adam run as one jitted `lax.scan` on a mesh of the 8 simulated devices and on one
+device; the losses and the gradients of every step must agree to float rounding. The full matrix is slow; the
+default suite keeps (2, 2, 2), the mesh where XLA's partitioner once got convolution gradients wrong.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from experiments.configs import gpt_bair, gpt_moving_mnist, gpt_ucf101, vqvae_moving_mnist
+from tests.train.synthetic import clips
+from videogpt_jax import sharding
+from videogpt_jax.train import common, gpt_trainer, vqvae_trainer
+
+BATCH = 8
+STEPS = 3
+NUM_CLASSES = 5
+MESHES = [(8, 1, 1), (1, 8, 1), (1, 1, 8), (2, 2, 2), (4, 1, 2), (1, 4, 2), (2, 4, 1)]
+KINDS = ["vqvae", "prior", "frame_prior", "class_prior"]
+# Float32 sums in another order. Errors are per leaf, max |error| / max |value|, the value floored at 1% of the
+# largest gradient (biases in front of a BatchNorm have a zero gradient up to rounding). The first step's
+# gradients are at the same parameters; later steps' parameters differ by Adam's normalised rounding. The fault
+# this guards against gave 0.3-0.6.
+GRAD_RTOL = (1e-4, 1e-3, 1e-3)
+LOSS_RTOL = 1e-5
+
+
+def _vqvae_setup():
+  config = vqvae_moving_mnist.get_config("runlocal")
+  config.batch_size = BATCH
+  model = vqvae_trainer.build_model(config)
+  tx = common.make_optimizer(config)
+  rng = jax.random.key(7)
+
+  def loss_fn(params, model_state, batch, step):
+    (_, aux), new_state = model.apply({"params": params, **model_state}, batch["video"], train=True,
+                                      mutable=["batch_stats", "codebook"],
+                                      rngs={"codebook": jax.random.fold_in(rng, step)})
+    return aux["loss"], new_state
+
+  batches = [{"video": clips(0, i, BATCH, 4, 16)} for i in range(STEPS)]
+  return vqvae_trainer.init_fn(config, model, tx), loss_fn, tx, batches
+
+
+def _prior_setup(kind):
+  module, arg = {"prior": (gpt_moving_mnist, "runlocal"), "frame_prior": (gpt_bair, "runlocal"),
+                 "class_prior": (gpt_ucf101, "classcond,runlocal")}[kind]
+  config = module.get_config(arg)
+  # A small frame encoder (same layers and layouts as the ResNet-34, fewer of them): compile time.
+  config.model.cond_width, config.model.cond_blocks = 8, (1, 1, 1, 1)
+  config.batch_size = BATCH
+  config.derived = ml_collections.ConfigDict(dict(
+      shape=(2, 4, 4), n_codes=32, embedding_dim=8, frame_shape=(16, 16),
+      class_cond_dim=NUM_CLASSES if kind == "class_prior" else 0))
+  model = gpt_trainer.build_model(config)
+  tx = common.make_optimizer(config)
+  rng = jax.random.key(7)
+  init = gpt_trainer.init_fn(config, model, tx)
+
+  def perturbed_init(r):
+    # fc_out starts at zero, which zeroes every other gradient: start from a random point instead.
+    state = init(r)
+    leaves, treedef = jax.tree.flatten(state.params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    noisy = [p.replace_boxed(p.unbox() + 0.05 * jax.random.normal(k, p.unbox().shape))
+             if isinstance(p, nn.Partitioned) else p + 0.05 * jax.random.normal(k, p.shape)
+             for p, k in zip(leaves, keys)]
+    return state.replace(params=treedef.unflatten(noisy))  # Adam's initial state does not depend on them.
+
+  def loss_fn(params, model_state, batch, step):
+    logits = model.apply({"params": params, **model_state}, batch["codes"], batch.get("cond_frames"),
+                         batch.get("label"), deterministic=False,
+                         rngs={"dropout": jax.random.fold_in(rng, step)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"]).mean(), model_state
+
+  data = np.random.default_rng(0)
+  batches = []
+  for i in range(STEPS):
+    batch = {"codes": data.integers(0, 32, (BATCH, 2, 4, 4)).astype(np.int32)}
+    if kind == "frame_prior":
+      batch["cond_frames"] = clips(1, i, BATCH, 1, 16)
+    if kind == "class_prior":
+      batch["label"] = data.integers(0, NUM_CLASSES, (BATCH,)).astype(np.int32)
+    batches.append(batch)
+  return perturbed_init, loss_fn, tx, batches
+
+
+@functools.cache
+def _setup(kind):
+  return _vqvae_setup() if kind == "vqvae" else _prior_setup(kind)
+
+
+def run_steps(kind, mesh_shape):
+  """`(losses (STEPS,), gradients (STEPS, ...))` of STEPS training steps on the mesh `mesh_shape`."""
+  init, loss_fn, tx, batches = _setup(kind)
+  devices = jax.devices()[:int(np.prod(mesh_shape))]
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(mesh=mesh_shape)), devices)
+  shardings, _ = common.abstract_state(init, mesh)
+  state = jax.device_put(initial_state(kind), shardings)
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+  batch_sharding = sharding.batch_sharding(mesh)
+  # Stacked batches (STEPS, B, ...): the batch axis is the second one.
+  stacked_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+
+  def train(state, stacked):
+    def step(state, batch):
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+      (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, state.model_state, batch, state.step)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                          opt_state=opt_state, model_state=model_state)
+      return new, (loss, grads)
+    state, (losses, grads) = jax.lax.scan(step, state, stacked)
+    return losses, grads
+
+  with jax.set_mesh(mesh):
+    out = jax.jit(train, in_shardings=(shardings, stacked_sharding))(state, stacked)
+  return jax.tree.map(np.asarray, out)
+
+
+@functools.cache
+def initial_state(kind):
+  """The unsharded initial state (one compile per model; each mesh gets a copy put onto its shardings)."""
+  return jax.jit(lambda r: nn.meta.unbox(_setup(kind)[0](r)))(jax.random.key(0))
+
+
+@functools.cache
+def reference(kind):
+  return run_steps(kind, (1, 1, 1))
+
+
+def grad_errors(got, want):
+  """Per-leaf max |error| / max |want| of gradients stacked over steps, as `{path: (STEPS,) errors}`."""
+  scale = np.max([np.abs(w).reshape(STEPS, -1).max(axis=1) for w in jax.tree.leaves(want)], axis=0)
+
+  def one(g, w):
+    axes = tuple(range(1, g.ndim))
+    return np.abs(g - w).max(axis=axes) / np.maximum(np.abs(w).max(axis=axes), 0.01 * scale)
+  errs = jax.tree.map(one, got, want)
+  return {jax.tree_util.keystr(p): e for p, e in jax.tree_util.tree_leaves_with_path(errs)}
+
+
+def check_mesh(kind, mesh_shape):
+  want_losses, want_grads = reference(kind)
+  losses, grads = run_steps(kind, mesh_shape)
+  errs = grad_errors(grads, want_grads)
+  worst = sorted(errs.items(), key=lambda kv: -kv[1].max())[:5]
+  assert all((e < GRAD_RTOL).all() for e in errs.values()), f"{kind} on {mesh_shape}: worst gradients {worst}"
+  np.testing.assert_allclose(losses, want_losses, rtol=LOSS_RTOL, err_msg=f"{kind} on {mesh_shape}")
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "frame_prior"])
+def test_data_fsdp_model_mesh_matches_one_device(kind):
+  check_mesh(kind, (2, 2, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mesh_shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_mesh_matches_one_device(kind, mesh_shape):
+  check_mesh(kind, mesh_shape)
+
+
+@pytest.mark.parametrize("kind", ["vqvae"])
+def test_same_mesh_twice_is_bit_identical(kind):
+  first, second = run_steps(kind, (2, 2, 2)), run_steps(kind, (2, 2, 2))
+  np.testing.assert_array_equal(first[0], second[0])
+  for a, b in zip(jax.tree.leaves(first[1]), jax.tree.leaves(second[1])):
+    np.testing.assert_array_equal(a, b)
