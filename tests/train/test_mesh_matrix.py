@@ -18,7 +18,9 @@ import optax
 import pytest
 
 from experiments.configs import gpt_bair, gpt_moving_mnist, gpt_ucf101, vqvae_moving_mnist
-from tests.train.synthetic import clips
+from tests.train.synthetic import SyntheticIterator, clips
+from tests.train.test_gpt_trainer import tiny_config as tiny_prior_config
+from tests.train.test_vqvae_trainer import tiny_config as tiny_vqvae_config
 from videogpt_jax import sharding
 from videogpt_jax.train import common, gpt_trainer, vqvae_trainer
 
@@ -136,8 +138,12 @@ def initial_state(kind):
 
 
 @functools.cache
+def cached_run_steps(kind, mesh_shape):
+  return run_steps(kind, mesh_shape)
+
+
 def reference(kind):
-  return run_steps(kind, (1, 1, 1))
+  return cached_run_steps(kind, (1, 1, 1))
 
 
 def grad_errors(got, want):
@@ -153,7 +159,7 @@ def grad_errors(got, want):
 
 def check_mesh(kind, mesh_shape):
   want_losses, want_grads = reference(kind)
-  losses, grads = run_steps(kind, mesh_shape)
+  losses, grads = cached_run_steps(kind, mesh_shape)
   errs = grad_errors(grads, want_grads)
   worst = sorted(errs.items(), key=lambda kv: -kv[1].max())[:5]
   assert all((e < GRAD_RTOL).all() for e in errs.values()), f"{kind} on {mesh_shape}: worst gradients {worst}"
@@ -172,9 +178,33 @@ def test_every_mesh_matches_one_device(kind, mesh_shape):
   check_mesh(kind, mesh_shape)
 
 
-@pytest.mark.parametrize("kind", ["vqvae"])
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vqvae", "frame_prior"])
 def test_same_mesh_twice_is_bit_identical(kind):
-  first, second = run_steps(kind, (2, 2, 2)), run_steps(kind, (2, 2, 2))
+  """Two compilations of the same program on the same mesh give the same bits."""
+  first, second = cached_run_steps(kind, (2, 2, 2)), run_steps(kind, (2, 2, 2))
   np.testing.assert_array_equal(first[0], second[0])
   for a, b in zip(jax.tree.leaves(first[1]), jax.tree.leaves(second[1])):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope="module")
+def vqvae_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("vqvae")
+  config = tiny_vqvae_config(total_steps=2, checkpoint_every=2)
+  vqvae_trainer.train_and_evaluate(config, workdir, train_iter=SyntheticIterator(config))
+  return workdir
+
+
+@pytest.mark.slow
+def test_prior_trainer_on_eight_devices_matches_one(vqvae_workdir, tmp_path):
+  """The frame-conditional prior's trainer (codes encoded in the step) on (2, 2, 2) and on one device."""
+  curves = []
+  for mesh, n in (((1, 1, 1), 1), ((2, 2, 2), 8)):
+    config = tiny_prior_config(vqvae_workdir, gpt_bair, "runlocal", mesh=mesh, num_devices=n, total_steps=4,
+                               checkpoint_every=4, log_every=1)
+    config.model.cond_width, config.model.cond_blocks = 8, (1, 1, 1, 1)
+    result = gpt_trainer.train_and_evaluate(config, tmp_path / str(n),
+                                            train_iter=SyntheticIterator(config, n_cond_frames=1))
+    curves.append([(m["loss"], m["grad_norm"]) for _, m in result.history])
+  np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)

@@ -71,7 +71,7 @@ def test_state_shardings_follow_names_and_drop_non_dividing_axes():
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.logical_to_shardings(abstract, mesh)
   specs = jax.tree.map(lambda s: s.spec, shardings["params"])
-  assert specs["kernel"] == P(None, "fsdp", "model")
+  assert specs["kernel"] == P(None, None, ("model", "fsdp"))
   assert specs["square"] == P("fsdp")
   assert specs["vocab"] == P("fsdp", "model")
   assert specs["bias"] == P()
@@ -79,7 +79,7 @@ def test_state_shardings_follow_names_and_drop_non_dividing_axes():
   odd = sharding.make_mesh(_config((1, 1, 4), num_devices=4))
   odd_specs = jax.tree.map(lambda s: s.spec, sharding.logical_to_shardings(abstract, odd)["params"])
   assert odd_specs["vocab"] == P("fsdp")  # 6 % 4 != 0: `model` dropped, size-1 `fsdp` kept
-  assert odd_specs["kernel"] == P(None, "fsdp", "model")
+  assert odd_specs["kernel"] == P(None, None, ("model", "fsdp"))
   # Sharded init lands each array in its sharding, with the values of an unsharded init (up to fusion rounding).
   state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(jax.random.key(0))
   ref = jax.jit(lambda r: nn.meta.unbox(init(r)))(jax.random.key(0))
