@@ -162,6 +162,8 @@ def check_mesh(kind, mesh_shape):
   losses, grads = cached_run_steps(kind, mesh_shape)
   errs = grad_errors(grads, want_grads)
   worst = sorted(errs.items(), key=lambda kv: -kv[1].max())[:5]
+  print(f"{kind} on {mesh_shape}: gradient error max {worst[0][1].max():.1e} ({worst[0][0]}), median "
+        f"{np.median(np.concatenate(list(errs.values()))):.1e}")
   assert all((e < GRAD_RTOL).all() for e in errs.values()), f"{kind} on {mesh_shape}: worst gradients {worst}"
   np.testing.assert_allclose(losses, want_losses, rtol=LOSS_RTOL, err_msg=f"{kind} on {mesh_shape}")
 
