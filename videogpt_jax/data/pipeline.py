@@ -23,9 +23,9 @@ import math
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
-from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -34,7 +34,7 @@ from videogpt_jax.data import preprocess_ops
 
 BuilderArg = str | tfds.core.DatasetBuilder
 _OUTPUT_KEYS = ("video", "label", "cond_frames", "mask")
-# Names the data order of `TrainIterator` in its state: a state from another order cannot resume it.
+# Names the data order of `TrainIterator` in its state (states without it come from a per-process shuffle).
 _ORDER = "global_permutation"
 
 
