@@ -32,7 +32,7 @@ def _base() -> ml_collections.ConfigDict:
   config.tensorboard = True
   config.data = ml_collections.ConfigDict(dict(
       name="", builder_config="", data_dir="", manual_dir="",
-      split="train", eval_split="test", seq_len=16, resolution=64,
+      split="train", eval_split="test", seq_len=16, resolution=64, shuffle_buffer=2048,
       num_classes=0))  # num_classes: 0 = read from the dataset (class-conditional priors)
   return config
 
@@ -58,6 +58,7 @@ def _tiny_data(config: ml_collections.ConfigDict, dataset: str) -> None:
     config.data.builder_config = "tiny"
   config.data.seq_len = 4
   config.data.resolution = 16
+  config.data.shuffle_buffer = 64
 
 
 def vqvae_runlocal(config: ml_collections.ConfigDict, dataset: str = "moving_mnist") -> None:

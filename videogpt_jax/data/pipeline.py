@@ -303,7 +303,8 @@ def make_train_iterator(builder: BuilderArg, *, data_dir: str | os.PathLike | No
                         global_batch_size: int, sharding, seq_len: int = 16, resolution: int = 64, seed: int = 0,
                         preprocess: str | None = None, n_cond_frames: int = 0, start_step: int = 0,
                         config: str | tfds.core.BuilderConfig | None = None, manual_dir: str | None = None,
-                        process_index: int | None = None, process_count: int | None = None) -> TrainIterator:
+                        shuffle_buffer: int | None = None, process_index: int | None = None,
+                        process_count: int | None = None) -> TrainIterator:
   """Training batches of `seq_len`-frame random windows at `resolution`, sharded by `sharding` over the batch.
 
   Args:
@@ -312,8 +313,11 @@ def make_train_iterator(builder: BuilderArg, *, data_dir: str | os.PathLike | No
     preprocess: an op string (see `preprocess_ops`); default `default_preprocess(seq_len, resolution, ...)`.
     n_cond_frames: if > 0, batches also carry `cond_frames`, the first `n_cond_frames` frames of `video`.
     start_step: number of batches already consumed (resume from `TrainIterator.state()["step"]`).
+    shuffle_buffer: unused (each epoch is a full permutation of the split); accepted so that existing callers and
+      `config.data.shuffle_buffer` keep working.
     process_index, process_count: override JAX's (to simulate several hosts with `sharding=None`).
   """
+  del shuffle_buffer
   builder = _builder(builder, data_dir, config, manual_dir)
   preprocess = preprocess or default_preprocess(seq_len, resolution, train=True, n_cond_frames=n_cond_frames)
   return TrainIterator(builder, split=split, global_batch_size=global_batch_size, sharding=sharding,

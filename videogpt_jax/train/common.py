@@ -252,7 +252,7 @@ def make_train_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n
       builder or load_builder(config), split=config.data.get("split", "train"),
       global_batch_size=int(config.batch_size), sharding=sharding.batch_sharding(mesh),
       seq_len=int(config.data.seq_len), resolution=int(config.data.resolution), seed=int(config.seed),
-      n_cond_frames=n_cond_frames)
+      n_cond_frames=n_cond_frames, shuffle_buffer=int(config.data.get("shuffle_buffer", 2048)))
 
 
 def make_eval_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n_cond_frames: int = 0):
