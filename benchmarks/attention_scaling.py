@@ -42,7 +42,7 @@ def make_step(attn_type: str, shape: tuple[int, ...]):
   def attention(q, k, v):
     if attn_type == "dense":
       return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    return ap.attend(q, k, v, shape=shape, attn_type=attn_type)
+    return ap.make(attn_type, shape).attend(q, k, v)
 
   def loss(q, k, v):
     return jnp.sum(attention(q, k, v).astype(jnp.float32) ** 2)

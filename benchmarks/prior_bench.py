@@ -31,7 +31,6 @@ from benchmarks import harness  # noqa: E402
 from videogpt_jax.models import attention_patterns  # noqa: E402
 from videogpt_jax.models import conditioning  # noqa: E402
 from videogpt_jax.models import gpt as gpt_lib  # noqa: E402
-from videogpt_jax.models import sparse_layout  # noqa: E402
 
 # The reference prior (original PyTorch VideoGPT, 2 cores, float32): over the small VQ-VAE's 4x16x16 latents.
 SMALL = dict(shape=(4, 16, 16), n_codes=512, embedding_dim=64, hidden_dim=192, heads=4, layers=4)
@@ -76,20 +75,8 @@ WORKLOADS = _workloads()
 
 
 def keys_per_query(shape: tuple[int, ...], attn_type: str) -> float:
-  """Mean number of keys each query scores in the implementation: causal full attention scores, per query block,
-  the keys up to the block's end (above `FULL_CHUNK_THRESHOLD` tokens every chunk scores all keys, masked)."""
-  length = int(np.prod(shape))
-  if attn_type == "full":
-    if length > attention_patterns.FULL_CHUNK_THRESHOLD:
-      return float(length)
-    block = min(attention_patterns.FULL_QUERY_BLOCK, length)
-    ends = np.minimum(np.arange(block, length + block, block), length)
-    sizes = np.diff(np.concatenate([[0], ends]))
-    return float((sizes * ends).sum() / length)
-  if attn_type == "axial":
-    return float(sum(shape))
-  index, _ = sparse_layout.gather_table(shape, True, 32, 4)
-  return float(index.shape[1] * 32)
+  """Mean number of keys each query scores in the implementation (`Pattern.keys_per_query`)."""
+  return attention_patterns.make(attn_type, shape).keys_per_query()
 
 
 def model_flops(model: gpt_lib.GPT, batch: int, train: bool = True) -> float:
@@ -113,7 +100,7 @@ def build(model_kwargs: dict[str, Any], batch: int, dtype: Any = jnp.float32, re
   if model.n_cond_frames:
     cond = jax.random.uniform(jax.random.PRNGKey(2), (batch, model.n_cond_frames, *model.frame_shape, 3),
                               jnp.float32, -0.5, 0.5)
-  variables = jax.jit(lambda r, c, f: model.init({"params": r}, c, f, deterministic=True))(
+  variables = jax.jit(lambda r, c, f: model.init({"params": r}, c, conditioning.make_cond(f), deterministic=True))(
       jax.random.PRNGKey(0), codes[:1], None if cond is None else cond[:1])
   return model, variables, (codes, cond)
 
@@ -125,8 +112,9 @@ def make_train_step(model: gpt_lib.GPT, tx: optax.GradientTransformation, labels
     rng, dropout_rng = jax.random.split(rng)
 
     def loss_fn(p):
-      logits = model.apply({"params": p, "codebook": codebook}, codes, cond_frames,
-                           class_labels if labels else None, deterministic=False, rngs={"dropout": dropout_rng})
+      cond = conditioning.make_cond(cond_frames, class_labels if labels else None)
+      logits = model.apply({"params": p, "codebook": codebook}, codes, cond, deterministic=False,
+                           rngs={"dropout": dropout_rng})
       return optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(params)

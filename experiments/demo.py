@@ -39,7 +39,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
   import videogpt_jax
   from videogpt_jax import sharding, visualize
   from videogpt_jax.evaluation import protocols
-  from videogpt_jax.models import sampling
+  from videogpt_jax.models import conditioning, sampling
   from videogpt_jax.train import common, encode_dataset, gpt_trainer, load, vqvae_trainer
 
   workdir = pathlib.Path(workdir)
@@ -99,7 +99,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
   real = sharding.to_host(batch["video"])[:n]
   recon_video, _ = jax.jit(lambda v, x: vqvae.apply(v, x, train=False))(vq_vars, real)
   codes = videogpt_jax.sample(gpt, gpt_vars, jax.random.key(int(config.seed)), n,
-                              cond_frames=real[:, :n_cond] if n_cond else None,
+                              cond=conditioning.make_cond(frames=real[:, :n_cond] if n_cond else None),
                               temperature=float(config.temperature), top_k=int(config.top_k) or None)
   samples = sharding.to_host(sampling.decode_to_video(vqvae, vq_vars, codes))
   grid = visualize.comparison_grid([visualize.to_uint8(real), visualize.to_uint8(np.asarray(recon_video)),

@@ -16,7 +16,7 @@ from absl import flags, logging
 
 import videogpt_jax
 from videogpt_jax import checkpointing, cli
-from videogpt_jax.models import sampling
+from videogpt_jax.models import conditioning, sampling
 from videogpt_jax.train import common, config_checks, load
 
 flags.DEFINE_string("gpt_workdir", None, "Workdir of a train_gpt.py run.")
@@ -84,7 +84,8 @@ def main(argv):
                                      global_batch_size=n, sharding=None, seq_len=int(config.data.seq_len),
                                      resolution=int(config.data.resolution), n_cond_frames=gpt.n_cond_frames)
     cond = next(iter(it))["cond_frames"]
-  codes = videogpt_jax.sample(gpt, variables, jax.random.key(FLAGS.seed), n, cond_frames=cond, labels=labels,
+  codes = videogpt_jax.sample(gpt, variables, jax.random.key(FLAGS.seed), n,
+                              cond=conditioning.make_cond(frames=cond, label=labels),
                               temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
   video = np.asarray(sampling.decode_to_video(vqvae, vq_vars, codes))  # (n, T, H, W, 3) uint8
   os.makedirs(FLAGS.output, exist_ok=True)

@@ -15,8 +15,10 @@ that also splits the batch, fed by an activation whose channels are split over `
 `conv_in -> fsdp, conv_out -> model`). Splitting the output channels over both axes keeps the kernels' memory
 per device the same.
 
-The batch is split over `data` and `fsdp` together. A mesh axis that does not divide a parameter's dimension is
-dropped for that dimension (the dimension is replicated instead), so tiny test models run on any mesh.
+The batch is split over `data` and `fsdp` together. A logical name without a rule is an error (a misspelled name
+would otherwise replicate silently). A mesh axis that does not divide a parameter's dimension is dropped for that
+dimension (the dimension is replicated instead, so tiny test models run on any mesh), and a warning names the
+parameters this happened to.
 """
 from __future__ import annotations
 
@@ -89,13 +91,20 @@ def make_mesh(config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
-def logical_to_mesh_spec(names: Sequence[str | None] | None, rules=LOGICAL_AXIS_RULES) -> P:
+def logical_to_mesh_spec(names: Sequence[str | None] | None, rules=LOGICAL_AXIS_RULES, what: str = "an array"
+                         ) -> P:
   """Logical axis names of one array -> mesh PartitionSpec.
 
   Each dimension takes the first rule for its name whose mesh axes no earlier dimension of the array uses; with
-  none left (or a name without rules) it is replicated. Unlike Flax's helper, a name may repeat (a square
-  `embed x embed` matrix shards only its first dimension).
+  none left it is replicated, as is a dimension named None. Unlike Flax's helper, a name may repeat (a square
+  `embed x embed` matrix shards only its first dimension). A name that no rule knows raises a ValueError naming
+  `what` (the parameter).
   """
+  known = {rule_name for rule_name, _ in rules}
+  unknown = [name for name in names or () if name is not None and name not in known]
+  if unknown:
+    raise ValueError(f"{what}: logical axis name(s) {unknown} have no rule in the logical axis rules "
+                     f"(known names: {sorted(known)})")
   used: set[str] = set()
   spec = []
   for name in names or ():
@@ -114,10 +123,13 @@ def logical_to_mesh_spec(names: Sequence[str | None] | None, rules=LOGICAL_AXIS_
   return P(*spec)
 
 
-def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
-  """Drops mesh axes that do not divide the dimension they shard (those dimensions become replicated)."""
-  fitted = []
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> tuple[P, list[str]]:
+  """Drops mesh axes that do not divide the dimension they shard (those dimensions become replicated).
+
+  Returns the fitted spec and one note per dropped axis ("dim 1 (6): model=4").
+  """
+  fitted, dropped = [], []
+  for i, (dim, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
     if axes is None:
       fitted.append(None)
       continue
@@ -127,35 +139,49 @@ def _fit_spec(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
       if dim % (size * mesh.shape[name]) == 0:
         kept.append(name)
         size *= mesh.shape[name]
+      else:
+        dropped.append(f"dim {i} ({dim}): {name}={mesh.shape[name]}")
     fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
   while fitted and fitted[-1] is None:
     fitted.pop()
-  return P(*fitted)
+  return P(*fitted), dropped
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
   """NamedShardings for an abstract (`jax.eval_shape`) tree whose leaves may be `nn.Partitioned` boxes.
 
   The result has the structure of the *unboxed* tree (`nn.meta.unbox(abstract_tree)`): boxes give their logical
-  names, plain leaves are replicated.
+  names, plain leaves are replicated. A logical name without a rule raises a ValueError naming the parameter;
+  dimensions left replicated because a mesh axis does not divide them are logged in one warning, by parameter.
   """
   is_box = lambda x: isinstance(x, nn.Partitioned)
+  replicated_dims: list[str] = []
 
-  def one(leaf):
+  def one(path, leaf):
     names = leaf.names if is_box(leaf) else None
     value = leaf.unbox() if is_box(leaf) else leaf
-    return NamedSharding(mesh, _fit_spec(logical_to_mesh_spec(names, rules), value.shape, mesh))
+    name = _path_name(path)
+    spec, dropped = _fit_spec(logical_to_mesh_spec(names, rules, what=name), value.shape, mesh)
+    replicated_dims.extend(f"{name} {tuple(value.shape)} {note}" for note in dropped)
+    return NamedSharding(mesh, spec)
 
-  return jax.tree.map(one, abstract_tree, is_leaf=is_box)
+  out = jax.tree_util.tree_map_with_path(one, abstract_tree, is_leaf=is_box)
+  if replicated_dims:
+    logging.warning("mesh %s: these parameter dimensions are replicated, as the mesh axis does not divide them:"
+                    "\n  %s", dict(mesh.shape), "\n  ".join(replicated_dims))
+  return out
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
-  """Leading (batch) dimension split over `data` x `fsdp`, the rest replicated."""
-  del ndim  # A PartitionSpec shorter than the array replicates the remaining dimensions.
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over `data` x `fsdp`, the rest replicated (for arrays of any rank)."""
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
@@ -167,12 +193,6 @@ def batch_size_per_process(global_batch_size: int, mesh: Mesh) -> int:
   if global_batch_size % jax.process_count():
     raise ValueError(f"batch_size={global_batch_size} must be divisible by {jax.process_count()} processes")
   return global_batch_size // jax.process_count()
-
-
-def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's slice of a batch (numpy, leading batch axis) -> global arrays sharded over the batch axes."""
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 
 from tests import fixtures
 from videogpt_jax.convert.torch_videogpt import load_gpt
+from videogpt_jax.models import conditioning
 from videogpt_jax.train import load
 
 torch = pytest.importorskip("torch")
@@ -44,7 +45,8 @@ def test_load_gpt_from_a_converted_directory(tmp_path):
   reference, ref_vars = load_gpt(sd, **args)
   assert module.class_cond_dim == reference.class_cond_dim == 5
   codes, labels = z["codes"].astype(np.int32), z["labels"].astype(np.int32)
-  logits = module.apply(variables, codes, labels=labels, deterministic=True)
-  np.testing.assert_allclose(np.asarray(logits), np.asarray(reference.apply(ref_vars, codes, labels=labels)),
+  cond = conditioning.make_cond(label=labels)
+  logits = module.apply(variables, codes, cond, deterministic=True)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(reference.apply(ref_vars, codes, cond)),
                              rtol=1e-6, atol=1e-6)
   assert fixtures.rel_err(logits, z["logits"]) < 1e-5

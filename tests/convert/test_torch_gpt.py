@@ -58,7 +58,9 @@ def test_released_sparse_config_uses_the_same_weights():
   z, _, _ = _original("uncond")
   full, variables = torch_gpt.load_gpt(sd, **args)
   sparse, sparse_vars = torch_gpt.load_gpt(sd, **{**args, "attn_type": "sparse"})
-  assert sparse.attn_type == "sparse"
+  assert sparse.attn_type == "sparse" and (sparse.sparse_block, sparse.sparse_local_blocks) == (32, 4)
+  # The original's sparse kernel has no attention dropout, whatever its args say; full attention keeps it.
+  assert sparse.attn_dropout == 0.0 and full.attn_dropout == float(args.get("attn_dropout", 0.3)) > 0
   jax.tree.map(np.testing.assert_array_equal, variables, sparse_vars)
   run = jax.jit(lambda v, c: (full.apply(v, c), sparse.apply(v, c)))
   a, b = run(variables, jnp.asarray(z["codes"], jnp.int32))

@@ -247,7 +247,7 @@ def test_bits_per_dim_as_a_subprocess(trained, tmp_path):
   vqvae, vq_vars, _ = load.load_vqvae(trained["vqvae"])
   batch = first_batch(gpt_config, 8, n_cond_frames=1)
   codes = vqvae.apply(vq_vars, batch["video"], method=type(vqvae).encode_to_indices)
-  logits = gpt.apply(gpt_vars, codes, cond_frames=batch["cond_frames"], deterministic=True)
+  logits = gpt.apply(gpt_vars, codes, gpt.cond_from_batch(batch), deterministic=True)
   nats = float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, codes)))
   assert m["nats_per_dim"] == pytest.approx(nats, rel=1e-4)
   assert m["bits_per_dim"] == pytest.approx(nats / math.log(2), rel=1e-4)

@@ -101,6 +101,10 @@ def reference_attention(q, k, v, mask):
   return jnp.einsum("bnqk,bknd->bqnd", p, v, precision=hi)
 
 
+def pat(attn_type, shape, causal=True, block=32, nlb=4):
+  return ap.make(attn_type, shape, causal=causal, block=block, local_blocks=nlb)
+
+
 def qkv(shape, batch=2, heads=2, dim=8, seed=0, dtype=jnp.float32):
   length = int(np.prod(shape))
   keys = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -115,7 +119,7 @@ def qkv(shape, batch=2, heads=2, dim=8, seed=0, dtype=jnp.float32):
 def test_sparse_dense_mask_matches_original_port(shape, block, nlb, causal):
   orig = OriginalStridedSparsity(shape, causal, block, nlb)
   np.testing.assert_array_equal(sparse_layout.block_layout(shape, causal, block, nlb), orig.make_layout() == 1)
-  np.testing.assert_array_equal(ap.dense_mask(shape, "sparse", causal, block, nlb), orig.token_mask())
+  np.testing.assert_array_equal(pat("sparse", shape, causal, block, nlb).mask(), orig.token_mask())
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -136,31 +140,30 @@ def test_sparse_block_layout_bair_size_matches_original_port(causal):
 
 def test_sparse_rejects_bad_shapes():
   with pytest.raises(ValueError, match="not divisible by block"):
-    ap.dense_mask((3, 5, 7), "sparse")
+    pat("sparse", (3, 5, 7))
   with pytest.raises(ValueError, match="not a multiple of the block"):
-    ap.dense_mask((32, 3, 12), "sparse")  # L = 36 * 32, but the trailing product 36 is not
+    pat("sparse", (32, 3, 12))  # L = 36 * 32, but the trailing product 36 is not
   with pytest.raises(ValueError, match="num_local_blocks"):
-    ap.decode_mask((4, 8, 8), "sparse", 0, num_local_blocks=0)
-  q, k, v = qkv((3, 5, 7), batch=1, heads=1)
-  with pytest.raises(ValueError, match="not divisible by block"):
-    ap.attend(q, k, v, shape=(3, 5, 7), attn_type="sparse")
+    pat("sparse", (4, 8, 8), nlb=0)
 
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="attn_type"):
-    ap.dense_mask((2, 4, 4), "local")
+    pat("local", (2, 4, 4))
   q, k, v = qkv((2, 4, 4))
   with pytest.raises(ValueError, match="equal shape"):
-    ap.attend(q, k, v, shape=(2, 4, 5), attn_type="full")
+    pat("full", (2, 4, 5)).attend(q, k, v)
   with pytest.raises(ValueError, match="dropout_rng"):
-    ap.attend(q, k, v, shape=(2, 4, 4), attn_type="axial", dropout_rate=0.1, deterministic=False)
+    pat("axial", (2, 4, 4)).attend(q, k, v, dropout_rate=0.1, deterministic=False)
+  with pytest.raises(ValueError, match="attention kernel 'splash' is not available"):
+    ap.make("sparse", (4, 8, 8), kernel="splash")
 
 
 @pytest.mark.parametrize("attn_type", ["full", "axial"])
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("shape", [(3, 4, 5), (2, 1, 6), (4, 3)])
 def test_full_axial_dense_mask_brute_force(attn_type, causal, shape):
-  np.testing.assert_array_equal(ap.dense_mask(shape, attn_type, causal), brute_mask(shape, attn_type, causal))
+  np.testing.assert_array_equal(pat(attn_type, shape, causal).mask(), brute_mask(shape, attn_type, causal))
 
 
 @pytest.mark.parametrize("attn_type,shape,block,nlb", [
@@ -168,8 +171,9 @@ def test_full_axial_dense_mask_brute_force(attn_type, causal, shape):
     ("sparse", (4, 8, 8), 32, 4), ("sparse", (8, 16, 16), 32, 4), ("sparse", (2, 8, 4, 4), 16, 3)])
 @pytest.mark.parametrize("causal", [True, False])
 def test_decode_mask_equals_dense_row(attn_type, shape, block, nlb, causal):
-  dense = ap.dense_mask(shape, attn_type, causal, block, nlb)
-  row = jax.jit(lambda p: ap.decode_mask(shape, attn_type, p, causal, block, nlb))
+  pattern = pat(attn_type, shape, causal, block, nlb)
+  dense = pattern.mask()
+  row = jax.jit(pattern.decode_mask)
   rows = jax.vmap(row)(jnp.arange(dense.shape[0], dtype=jnp.int32))
   assert rows.dtype == jnp.bool_
   np.testing.assert_array_equal(np.asarray(rows), dense)
@@ -178,7 +182,7 @@ def test_decode_mask_equals_dense_row(attn_type, shape, block, nlb, causal):
 def test_decode_mask_has_no_quadratic_intermediate():
   shape = (8, 32, 32)
   for attn_type in ap.ATTN_TYPES:
-    hlo = jax.jit(lambda p: ap.decode_mask(shape, attn_type, p)).lower(jnp.int32(5)).as_text()
+    hlo = jax.jit(pat(attn_type, shape).decode_mask).lower(jnp.int32(5)).as_text()
     assert "8192,8192" not in hlo.replace(" ", ""), attn_type
 
 
@@ -192,11 +196,11 @@ CASES = [("full", (3, 4, 5), 32, 4), ("axial", (3, 4, 5), 32, 4), ("axial", (2, 
 def test_attend_matches_dense_reference_with_gradients(attn_type, shape, block, nlb, causal):
   q, k, v = qkv(shape, seed=1)
   ct = jax.random.normal(jax.random.PRNGKey(9), q.shape)
-  mask = ap.dense_mask(shape, attn_type, causal, block, nlb)
+  pattern = pat(attn_type, shape, causal, block, nlb)
+  mask = pattern.mask()
 
   def ours(q, k, v):
-    return ap.attend(q, k, v, shape=shape, attn_type=attn_type, causal=causal, block=block,
-                     num_local_blocks=nlb, precision=jax.lax.Precision.HIGHEST)
+    return pattern.attend(q, k, v, precision=jax.lax.Precision.HIGHEST)
 
   out, vjp = jax.vjp(jax.jit(ours), q, k, v)
   ref, ref_vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, mask), q, k, v)
@@ -213,9 +217,9 @@ def test_full_chunked_path_matches_dense(monkeypatch, causal):
   shape = (4, 4, 5)
   q, k, v = qkv(shape, seed=2)
   ct = jax.random.normal(jax.random.PRNGKey(3), q.shape)
-  f = jax.jit(lambda q, k, v: ap.attend(q, k, v, shape=shape, attn_type="full", causal=causal))
+  f = jax.jit(pat("full", shape, causal).attend)
   out, vjp = jax.vjp(f, q, k, v)
-  mask = ap.dense_mask(shape, "full", causal)
+  mask = pat("full", shape, causal).mask()
   ref, ref_vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, mask), q, k, v)
   assert rel_err(out, ref) <= 1e-5
   for g, g_ref in zip(vjp(ct), ref_vjp(ct)):
@@ -229,15 +233,15 @@ def test_full_block_causal_path_matches_dense(monkeypatch, block):
   shape = (4, 4, 5)
   q, k, v = qkv(shape, seed=9)
   ct = jax.random.normal(jax.random.PRNGKey(3), q.shape)
-  f = jax.jit(lambda q, k, v: ap.attend(q, k, v, shape=shape, attn_type="full", precision=jax.lax.Precision.HIGHEST))
+  f = jax.jit(lambda q, k, v: pat("full", shape).attend(q, k, v, precision=jax.lax.Precision.HIGHEST))
   out, vjp = jax.vjp(f, q, k, v)
-  ref, ref_vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, ap.dense_mask(shape, "full")), q, k, v)
+  ref, ref_vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, pat("full", shape).mask()), q, k, v)
   assert rel_err(out, ref) <= 1e-5
   for g, g_ref in zip(vjp(ct), ref_vjp(ct)):
     assert rel_err(g, g_ref) <= 1e-5
   # Dropout: deterministic per key, different per key, unbiased.
-  g = jax.jit(lambda rng: ap.attend(q, k, jnp.ones_like(v), shape=shape, attn_type="full", dropout_rate=0.3,
-                                    dropout_rng=rng, deterministic=False))
+  g = jax.jit(lambda rng: pat("full", shape).attend(q, k, jnp.ones_like(v), dropout_rate=0.3, dropout_rng=rng,
+                                                    deterministic=False))
   np.testing.assert_array_equal(g(jax.random.PRNGKey(0)), g(jax.random.PRNGKey(0)))
   assert not np.allclose(g(jax.random.PRNGKey(0)), g(jax.random.PRNGKey(1)))
   mass = g(jax.random.PRNGKey(1))
@@ -248,8 +252,7 @@ def test_full_block_causal_path_matches_dense(monkeypatch, block):
 def test_causality(attn_type, shape, block, nlb):
   q, k, v = qkv(shape, batch=1, seed=4)
   length = q.shape[1]
-  f = jax.jit(lambda q, k, v: ap.attend(q, k, v, shape=shape, attn_type=attn_type, block=block,
-                                        num_local_blocks=nlb))
+  f = jax.jit(pat(attn_type, shape, True, block, nlb).attend)
   base = f(q, k, v)
   for p in (0, length // 3, length - 2):
     later = jnp.arange(length)[None, :, None, None] > p
@@ -264,14 +267,13 @@ def test_dropout(attn_type, shape):
   q, k, v = qkv(shape, seed=5)
 
   def f(rng, rate, deterministic, v):
-    return ap.attend(q, k, v, shape=shape, attn_type=attn_type, dropout_rate=rate, dropout_rng=rng,
-                     deterministic=deterministic)
+    return pat(attn_type, shape).attend(q, k, v, dropout_rate=rate, dropout_rng=rng, deterministic=deterministic)
 
   f = jax.jit(f, static_argnums=(1, 2))
   a, b = f(jax.random.PRNGKey(0), 0.3, False, v), f(jax.random.PRNGKey(0), 0.3, False, v)
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, f(jax.random.PRNGKey(1), 0.3, False, v))
-  clean = ap.attend(q, k, v, shape=shape, attn_type=attn_type)
+  clean = pat(attn_type, shape).attend(q, k, v)
   assert not np.allclose(a, clean)
   np.testing.assert_allclose(f(jax.random.PRNGKey(0), 0.0, False, v), clean, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(f(jax.random.PRNGKey(0), 0.3, True, v), clean, rtol=1e-6, atol=1e-6)
@@ -286,8 +288,8 @@ def test_dropout_chunked_full(monkeypatch):
   monkeypatch.setattr(ap, "FULL_QUERY_CHUNK", 24)
   shape = (4, 4, 5)
   q, k, v = qkv(shape, seed=6)
-  f = jax.jit(lambda rng: ap.attend(q, k, jnp.ones_like(v), shape=shape, attn_type="full", dropout_rate=0.3,
-                                    dropout_rng=rng, deterministic=False))
+  f = jax.jit(lambda rng: pat("full", shape).attend(q, k, jnp.ones_like(v), dropout_rate=0.3, dropout_rng=rng,
+                                                    deterministic=False))
   np.testing.assert_array_equal(f(jax.random.PRNGKey(0)), f(jax.random.PRNGKey(0)))
   mass = f(jax.random.PRNGKey(1))
   assert abs(float(mass.mean()) - 1.0) < 0.05 and float(mass.std()) > 0.05
@@ -296,9 +298,9 @@ def test_dropout_chunked_full(monkeypatch):
 @pytest.mark.parametrize("attn_type,shape", [("full", (3, 4, 5)), ("axial", (3, 4, 5)), ("sparse", (4, 8, 8))])
 def test_bfloat16_inputs(attn_type, shape):
   q, k, v = qkv(shape, seed=8)
-  out = ap.attend(*(x.astype(jnp.bfloat16) for x in (q, k, v)), shape=shape, attn_type=attn_type)
+  out = pat(attn_type, shape).attend(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
   assert out.dtype == jnp.bfloat16
-  ref = reference_attention(q, k, v, ap.dense_mask(shape, attn_type))
+  ref = reference_attention(q, k, v, pat(attn_type, shape).mask())
   assert rel_err(out.astype(jnp.float32), ref) < 3e-2
 
 
@@ -317,7 +319,7 @@ def test_bair_size_memory_is_subquadratic(attn_type):
   q, k, v = qkv(shape, batch=1, heads=4, dim=32, seed=10)
 
   def loss(q, k, v):
-    return jnp.sum(ap.attend(q, k, v, shape=shape, attn_type=attn_type) ** 2)
+    return jnp.sum(pat(attn_type, shape).attend(q, k, v) ** 2)
 
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
   compiled = step.lower(q, k, v).compile()
@@ -351,3 +353,55 @@ def test_keep_mask_rate_and_independence(rate):
     assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.03
   other, _ = ap.keep_mask(jax.random.PRNGKey(1), (3, 5, 1001), rate)
   assert not np.array_equal(np.asarray(keep), np.asarray(other)) or keep_prob in (0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------------------ the interface ----
+def test_patterns_are_hashable_values_built_from_the_config_name():
+  a, b = pat("sparse", (4, 8, 8)), ap.make("sparse", [4, 8, 8])
+  assert a == b and hash(a) == hash(b) and isinstance(a, ap.BlockSparse) and a.shape == (4, 8, 8)
+  assert a != pat("sparse", (4, 8, 8), nlb=2) and {a: 1}[b] == 1
+  assert isinstance(pat("full", (2, 3)), ap.Full) and isinstance(pat("axial", (2, 3)), ap.Axial)
+  assert ap.ATTN_TYPES == ("full", "axial", "sparse")
+  with pytest.raises(AttributeError):
+    a.block = 16  # frozen: a module attribute and a jit static argument must not change
+
+
+@pytest.mark.parametrize("attn_type,shape", [("full", (2, 8, 8)), ("full", (4, 32, 32)), ("axial", (4, 8, 8)),
+                                             ("sparse", (4, 8, 8)), ("sparse", (8, 32, 32))])
+def test_keys_per_query_counts_the_scores_attend_computes(attn_type, shape):
+  p = pat(attn_type, shape)
+  length = p.length
+  if attn_type == "full" and length <= ap.FULL_CHUNK_THRESHOLD:  # query blocks score keys up to their end
+    ends = np.minimum(np.arange(ap.FULL_QUERY_BLOCK, length + ap.FULL_QUERY_BLOCK, ap.FULL_QUERY_BLOCK), length)
+    expected = float((np.diff(np.concatenate([[0], ends])) * ends).sum() / length)
+  elif attn_type == "full":
+    expected = float(length)
+  elif attn_type == "axial":
+    expected = float(sum(shape))
+  else:  # every query block scores its gathered key blocks
+    expected = float(sparse_layout.gather_table(shape, True, 32, 4)[0].shape[1] * 32)
+  assert p.keys_per_query() == expected
+  assert p.keys_per_query() >= p.mask().sum() / length  # masked-out scores computed too, never fewer
+  assert p.flops(batch=2, width=64) == 4 * 2 * length * 64 * expected
+
+
+def test_registered_kernel_is_what_attend_runs():
+  calls = []
+
+  def kernel(pattern, q, k, v, *, dropout_rate, dropout_rng, deterministic, precision):
+    calls.append(pattern)
+    return 2.0 * pattern._attend_xla(q, k, v, dropout_rate=dropout_rate, dropout_rng=dropout_rng,  # noqa: SLF001
+                                     deterministic=deterministic, precision=precision)
+
+  ap.register_kernel("sparse", "test_double", kernel)
+  try:
+    assert ap.kernels("sparse") == ("xla", "test_double") and ap.kernels("full") == ("xla",)
+    q, k, v = qkv((4, 8, 8))
+    p = ap.make("sparse", (4, 8, 8), kernel="test_double")
+    np.testing.assert_allclose(p.attend(q, k, v), 2.0 * pat("sparse", (4, 8, 8)).attend(q, k, v), rtol=1e-6)
+    assert calls == [p]
+    np.testing.assert_array_equal(p.mask(), pat("sparse", (4, 8, 8)).mask())  # the reference stays the same
+  finally:
+    ap._KERNELS.pop(("sparse", "test_double"))  # noqa: SLF001
+  with pytest.raises(ValueError, match="register_kernel"):
+    ap.register_kernel("sparse", "xla", kernel)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from videogpt_jax.models import conv_cpu, conv_ops
+from videogpt_jax.models import conditioning, conv_cpu, conv_ops
 from videogpt_jax.models.gpt import GPT
 from videogpt_jax.models.vqvae import VQVAE
 
@@ -215,9 +215,9 @@ def test_modules_lower_the_formulation_of_their_platform_whatever_the_host(platf
 
   gpt = GPT(shape=(1, 2, 2), n_codes=8, embedding_dim=4, hidden_dim=24, heads=2, layers=1, n_cond_frames=2,
             frame_shape=(8, 8), cond_width=8, cond_blocks=(1, 1, 1, 1), platform=platform)
-  codes, frames = jnp.zeros((1, 1, 2, 2), jnp.int32), jnp.zeros((1, 2, 8, 8, 3))
-  variables = jax.eval_shape(lambda: gpt.init(jax.random.PRNGKey(0), codes, frames))
-  assert conv_ranks(lambda v, c, f: gpt.apply(v, c, f), variables, codes, frames) == ranks
+  codes, cond = jnp.zeros((1, 1, 2, 2), jnp.int32), conditioning.make_cond(frames=jnp.zeros((1, 2, 8, 8, 3)))
+  variables = jax.eval_shape(lambda: gpt.init(jax.random.PRNGKey(0), codes, cond))
+  assert conv_ranks(lambda v, c, f: gpt.apply(v, c, f), variables, codes, cond) == ranks
 
 
 def test_modules_reject_an_unknown_platform():

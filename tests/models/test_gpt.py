@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import functools
-import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from tests import fixtures
 from videogpt_jax.convert.torch_gpt import load_gpt
-from videogpt_jax.models import gpt as gpt_lib
+from videogpt_jax.models import attention_patterns, conditioning
 from videogpt_jax.models.gpt import GPT
 
 VARIANTS = ("uncond", "framecond", "classcond")
@@ -21,22 +21,20 @@ TOL = 1e-5
 
 @functools.lru_cache(maxsize=None)
 def original(variant: str):
-  """`(arrays, module, variables, cond_kwargs)` of fixture `gpt_small_<variant>.npz`, imported with load_gpt."""
+  """`(arrays, module, variables, cond)` of fixture `gpt_small_<variant>.npz`, imported with load_gpt."""
   z, sd, args = fixtures.original_gpt(variant)
   module, variables = load_gpt(sd, **args)
-  kw = {}
-  if "cond_frames" in z.files:
-    kw["cond_frames"] = jnp.asarray(fixtures.nthwc(z["cond_frames"]))
-  if "labels" in z.files:
-    kw["labels"] = jnp.asarray(z["labels"], jnp.int32)
-  return z, module, variables, kw
+  cond = conditioning.make_cond(
+      frames=jnp.asarray(fixtures.nthwc(z["cond_frames"])) if "cond_frames" in z.files else None,
+      label=jnp.asarray(z["labels"], jnp.int32) if "labels" in z.files else None)
+  return z, module, variables, cond
 
 
 @functools.lru_cache(maxsize=None)
 def _forward_with_intermediates(variant: str):
-  z, module, variables, kw = original(variant)
-  fn = jax.jit(lambda v, c, kw: module.apply(v, c, mutable=["intermediates"], **kw))
-  logits, state = fn(variables, jnp.asarray(z["codes"], jnp.int32), kw)
+  z, module, variables, cond = original(variant)
+  fn = jax.jit(lambda v, c, cond: module.apply(v, c, cond, mutable=["intermediates"]))
+  logits, state = fn(variables, jnp.asarray(z["codes"], jnp.int32), cond)
   return np.asarray(logits), jax.tree.map(np.asarray, state["intermediates"])
 
 
@@ -46,10 +44,32 @@ def test_logits_and_loss_match_original(variant):
   logits, _ = _forward_with_intermediates(variant)
   assert logits.shape == z["logits"].shape
   assert fixtures.rel_err(logits, z["logits"]) < TOL
-  nats = float(gpt_lib.loss(jnp.asarray(logits), jnp.asarray(z["codes"])))
+  nats = float(_cross_entropy(jnp.asarray(logits), jnp.asarray(z["codes"])))
   assert abs(nats - float(z["loss"])) / float(z["loss"]) < TOL
   assert abs(nats - float(z["training_step_loss"])) / float(z["loss"]) < TOL
-  assert float(gpt_lib.bits_per_dim(nats)) == pytest.approx(float(z["loss"]) / math.log(2), rel=TOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keyword_conditioning_is_the_same_input(variant):
+  """`apply(codes, cond_frames=, labels=)` (the original's API) builds the same mapping as `make_cond`."""
+  z, module, variables, cond = original(variant)
+  codes = jnp.asarray(z["codes"], jnp.int32)
+  kw = {"cond_frames": cond.get("frames"), "labels": cond.get("label")}
+  keyword = jax.jit(lambda v, c, kw: module.apply(v, c, deterministic=True, **kw))(variables, codes, kw)
+  np.testing.assert_array_equal(np.asarray(keyword), _forward_with_intermediates(variant)[0])
+  if cond:
+    with pytest.raises(ValueError, match="not both"):
+      module.apply(variables, codes, cond, **{k: v for k, v in kw.items() if v is not None})
+    with pytest.raises(TypeError, match="mapping from conditioning.make_cond"):
+      module.apply(variables, codes, next(iter(cond.values())))
+  with pytest.raises(ValueError, match=r"unknown keys \['labels'\]"):
+    module.apply(variables, codes, {"labels": jnp.zeros((codes.shape[0],), jnp.int32)})
+  batch = {"video": jnp.zeros((codes.shape[0], 4, 16, 16, 3)), "label": jnp.zeros((codes.shape[0],), jnp.int32)}
+  assert set(module.cond_from_batch(batch)) == set(cond)
+
+
+def _cross_entropy(logits, codes):
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, codes))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -80,12 +100,11 @@ def tiny_gpt(attn_type: str = "full", **overrides) -> tuple[GPT, dict]:
 
 @functools.lru_cache(maxsize=None)
 def _tiny_variables(module: GPT) -> dict:
-  example = {"codes": jnp.zeros((1, *module.shape), jnp.int32)}
-  if module.n_cond_frames:
-    example["cond_frames"] = jnp.zeros((1, module.n_cond_frames, *module.frame_shape, 3))
-  if module.class_cond_dim:
-    example["labels"] = jnp.zeros((1,), jnp.int32)
-  variables = nn.meta.unbox(jax.jit(lambda key: module.init(key, **example))(jax.random.PRNGKey(0)))
+  cond = conditioning.make_cond(
+      frames=jnp.zeros((1, module.n_cond_frames, *module.frame_shape, 3)) if module.n_cond_frames else None,
+      label=jnp.zeros((1,), jnp.int32) if module.class_cond_dim else None)
+  codes = jnp.zeros((1, *module.shape), jnp.int32)
+  variables = nn.meta.unbox(jax.jit(lambda key: module.init(key, codes, cond))(jax.random.PRNGKey(0)))
   # fc_out is zero-initialised as in the original; random weights make the logits depend on the input.
   variables["params"]["fc_out"]["kernel"] = jax.random.normal(jax.random.PRNGKey(1),
                                                               variables["params"]["fc_out"]["kernel"].shape)
@@ -113,8 +132,9 @@ def test_causality(attn_type):
     assert np.abs(out[:, p + 1] - base[:, p + 1]).max() > 1e-4
 
 
-def test_dropout_only_when_not_deterministic():
-  module, variables = tiny_gpt(dropout=0.3, attn_dropout=0.3)
+@pytest.mark.parametrize("attn_type", ["full", "sparse"])
+def test_dropout_only_when_not_deterministic(attn_type):
+  module, variables = tiny_gpt(attn_type, dropout=0.3, attn_dropout=0.3)
   codes = random_codes(module)
   jitted = jax.jit(lambda v, key, det: module.apply(v, codes, deterministic=det, rngs={"dropout": key}),
                    static_argnums=2)
@@ -128,13 +148,39 @@ def test_dropout_only_when_not_deterministic():
   np.testing.assert_array_equal(a, a2)
 
 
+@pytest.mark.parametrize("attn_type", ["full", "axial", "sparse"])
+def test_attention_dropout_applies_to_every_pattern(attn_type):
+  """`attn_dropout` alone (no residual dropout) changes the training forward of every pattern, sparse included."""
+  module, variables = tiny_gpt(attn_type, dropout=0.0, attn_dropout=0.3)
+  codes = random_codes(module)
+  run = jax.jit(lambda v, key, det: module.apply(v, codes, deterministic=det, rngs={"dropout": key}),
+                static_argnums=2)
+  clean = np.asarray(run(variables, jax.random.PRNGKey(1), True))
+  dropped = np.asarray(run(variables, jax.random.PRNGKey(1), False))
+  assert np.abs(dropped - clean).max() > 1e-3
+  no_drop = module.clone(attn_dropout=0.0)
+  np.testing.assert_allclose(
+      np.asarray(no_drop.apply(variables, codes, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)})),
+      clean, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_layout_fields_reach_the_attention():
+  module, _ = tiny_gpt("sparse")
+  assert module.attention_pattern == attention_patterns.make("sparse", (4, 8, 8), block=32, local_blocks=4)
+  small = module.clone(sparse_block=16, sparse_local_blocks=2).attention_pattern
+  assert (small.block, small.local_blocks) == (16, 2)
+  assert small.mask().sum() < module.attention_pattern.mask().sum()
+  with pytest.raises(ValueError, match="not divisible by block"):
+    module.clone(sparse_block=48).attention_pattern  # pylint: disable=expression-not-assigned
+
+
 def test_remat_gives_same_logits_and_gradients():
   module, variables = tiny_gpt()
   remat = module.clone(remat=True)
   codes = random_codes(module)
 
   def loss_fn(m):
-    return jax.jit(jax.value_and_grad(lambda p: gpt_lib.loss(m.apply({**variables, "params": p}, codes), codes)))
+    return jax.jit(jax.value_and_grad(lambda p: _cross_entropy(m.apply({**variables, "params": p}, codes), codes)))
 
   (l1, g1), (l2, g2) = loss_fn(module)(variables["params"]), loss_fn(remat)(variables["params"])
   assert float(l1) == pytest.approx(float(l2), rel=1e-6)
@@ -162,9 +208,8 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_params_carry_logical_axis_names():
   module = GPT(shape=(2, 4, 4), n_codes=16, embedding_dim=8, hidden_dim=24, heads=2, layers=1, n_cond_frames=1,
                frame_shape=(8, 8), class_cond_dim=3)
-  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 4, 4), jnp.int32),
-                                             cond_frames=jnp.zeros((1, 1, 8, 8, 3)),
-                                             labels=jnp.zeros((1,), jnp.int32)))
+  cond = conditioning.make_cond(frames=jnp.zeros((1, 1, 8, 8, 3)), label=jnp.zeros((1,), jnp.int32))
+  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 4, 4), jnp.int32), cond))
   specs = nn.get_partition_spec(boxed)["params"]
   assert tuple(specs["fc_out"]["kernel"]) == ("embed", "vocab")
   assert tuple(specs["blocks_0"]["attn"]["w_qs"]["kernel"]) == ("embed", "heads")
@@ -184,21 +229,25 @@ def test_bad_inputs_raise_clear_errors():
   labels = jnp.zeros((2,), jnp.int32)
 
   def init(m=module, c=codes, **kw):
-    return jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), c, **kw))
+    return jax.eval_shape(lambda: m.init(jax.random.PRNGKey(0), c, conditioning.make_cond(**kw)))
 
-  init(labels=labels)  # the valid call works
+  init(label=labels)  # the valid call works
   with pytest.raises(ValueError, match="labels"):
     init()
   with pytest.raises(ValueError, match="codes must be"):
-    init(c=codes[:, :2], labels=labels)
-  with pytest.raises(ValueError, match="cond_frames"):
-    init(labels=labels, cond_frames=jnp.zeros((2, 1, 8, 8, 3)))
+    init(c=codes[:, :2], label=labels)
+  with pytest.raises(ValueError, match=r"cond\['frames'\]"):
+    init(label=labels, frames=jnp.zeros((2, 1, 8, 8, 3)))
   with pytest.raises(ValueError, match="attn_type"):
     init(module.clone(class_cond_dim=None, attn_type="local"))
   with pytest.raises(ValueError, match="divide by 3"):
     init(module.clone(class_cond_dim=None, hidden_dim=32))
   with pytest.raises(ValueError, match="frame_shape"):
-    init(module.clone(class_cond_dim=None, n_cond_frames=1), cond_frames=jnp.zeros((2, 1, 8, 8, 3)))
+    init(module.clone(class_cond_dim=None, n_cond_frames=1), frames=jnp.zeros((2, 1, 8, 8, 3)))
+  with pytest.raises(ValueError, match="GPT platform must be one of"):
+    init(module.clone(class_cond_dim=None, platform="TPU"))
+  with pytest.raises(ValueError, match="attention kernel 'splash' is not available"):
+    init(module.clone(class_cond_dim=None, attn_kernel="splash"))
 
 
 @pytest.mark.parametrize("frames,strides,size,k", [

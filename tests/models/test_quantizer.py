@@ -1,15 +1,28 @@
 """EMA codebook: against an independent numpy transcription of the original's Codebook, and inside jax.jit."""
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from videogpt_jax.models import quantizer
-from videogpt_jax.models.quantizer import Codebook
 
 K, D = 8, 4
+
+
+class Codebook(nn.Module):
+  """The quantiser alone, as `VQVAE` uses it: its state at the top of the `codebook` collection."""
+  n_codes: int
+  embedding_dim: int
+
+  def setup(self):
+    self.state = quantizer.declare_state(self, self.n_codes, self.embedding_dim)
+
+  def __call__(self, z, train=False, draws=None):
+    return quantizer.quantize(self.state, z, update=train and not self.is_initializing(),
+                              key_fn=lambda: self.make_rng("codebook"), draws=draws)
 
 
 def reference_step(state, flat, init_idx=None, restart_idx=None, restart_noise=None):

@@ -10,26 +10,26 @@ import pytest
 import videogpt_jax
 from tests import fixtures
 from tests.models.test_gpt import VARIANTS, original, random_codes, tiny_gpt
-from videogpt_jax.models import sampling
+from videogpt_jax.models import conditioning, sampling
 
 
-def _full_forward_steps(module, variables, codes, **kw) -> np.ndarray:
+def _full_forward_steps(module, variables, codes, cond=None) -> np.ndarray:
   """Full-forward logits rearranged like `step_logits`: `(L, B, K)`."""
   # Variables are arguments, not closed-over constants (XLA would constant-fold the convolutions on them).
-  logits = jax.jit(lambda v, c, kw: module.apply(v, c, **kw))(variables, codes, kw)
+  logits = jax.jit(lambda v, c, cond: module.apply(v, c, cond))(variables, codes, cond or {})
   return np.asarray(logits).reshape(codes.shape[0], module.seq_len, -1).transpose(1, 0, 2)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_cached_decoding_matches_original_and_full_forward(variant):
-  z, module, variables, kw = original(variant)
+  z, module, variables, cond = original(variant)
   ref, _ = fixtures.load("gpt_small_sample.npz")
   np.testing.assert_array_equal(ref["codes"], z["codes"])
-  steps = np.asarray(sampling.step_logits(module, variables, z["codes"], **kw))
+  steps = np.asarray(sampling.step_logits(module, variables, z["codes"], cond=cond))
   assert steps.shape == ref[f"{variant}/step_logits"].shape
   # The original's own decode-vs-forward gap is <= ~3e-6 (float32 noise); allow a few times that.
   assert np.abs(steps - ref[f"{variant}/step_logits"]).max() < 1e-5
-  full = _full_forward_steps(module, variables, jnp.asarray(z["codes"], jnp.int32), **kw)
+  full = _full_forward_steps(module, variables, jnp.asarray(z["codes"], jnp.int32), cond)
   assert np.abs(steps - full).max() < 1e-5
   assert fixtures.rel_err(steps, ref[f"{variant}/step_logits"]) < 1e-6
 
@@ -61,16 +61,16 @@ def test_sampling_is_deterministic_and_valid():
 def test_samples_do_not_depend_on_group_size(variant):
   """Decoding in groups (CPU: KV caches that fit the processor's cache) gives the batch's samples exactly,
   including a padded last group."""
-  _, module, variables, kw = original(variant)
+  _, module, variables, cond = original(variant)
   n = 3
-  cond = {k: jnp.concatenate([v, v[:1]])[:n] for k, v in kw.items()}
-  whole = videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=n, **cond)
+  cond = {k: jnp.concatenate([v, v[:1]])[:n] for k, v in cond.items()}
+  whole = videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=n, cond=cond)
   for group in (1, 2):
     np.testing.assert_array_equal(
-        whole, videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=group, **cond))
+        whole, videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=group, cond=cond))
   assert len({np.asarray(whole[i]).tobytes() for i in range(n)}) == n  # independent draws per sample
   with pytest.raises(ValueError, match="group_size"):
-    videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=0, **cond)
+    videogpt_jax.sample(module, variables, jax.random.PRNGKey(4), n, group_size=0, cond=cond)
 
 
 def test_default_group_size_keeps_caches_within_budget():
@@ -100,7 +100,8 @@ def test_compiled_once_per_configuration():
   _, module, variables, _ = original("uncond")
   videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2)
   before = sampling._compiled_sampler.cache_info()
-  fn = sampling._compiled_sampler(module, 2, None, False, False, sampling.default_group_size(module, 2, module.platform))
+  group = sampling.default_group_size(module, 2, module.platform)
+  fn = sampling._compiled_sampler(module, 2, None, False, False, group)
   traces = fn._cache_size()
   for seed in range(3):
     videogpt_jax.sample(module, variables, jax.random.PRNGKey(seed), 2)
@@ -109,9 +110,9 @@ def test_compiled_once_per_configuration():
   assert fn._cache_size() == traces
 
 
-def _support_ranks(module, variables, samples, kw=None):
+def _support_ranks(module, variables, samples, cond=None):
   """Rank of each sampled code among the logits the model gave it (teacher-forced on the sample), `(L, B)`."""
-  logits = np.asarray(sampling.step_logits(module, variables, samples, **(kw or {})))  # (L, B, K)
+  logits = np.asarray(sampling.step_logits(module, variables, samples, cond=cond))  # (L, B, K)
   flat = np.asarray(samples).reshape(samples.shape[0], -1).T  # (L, B)
   chosen = np.take_along_axis(logits, flat[..., None], axis=-1)
   return (logits > chosen).sum(-1), logits, flat
@@ -159,18 +160,23 @@ def test_filter_logits_against_numpy():
 
 
 def test_conditional_sampling():
-  z, module, variables, kw = original("classcond")
-  a = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2, labels=kw["labels"])
-  b = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2, labels=(kw["labels"] + 1) % 5)
+  z, module, variables, cond = original("classcond")
+  a = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2, cond=cond)
+  b = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2,
+                          cond=conditioning.make_cond(label=(cond["label"] + 1) % 5))
   assert a.shape == z["codes"].shape and (np.asarray(a) != np.asarray(b)).any()
+  # The original's keyword form is the same input.
+  np.testing.assert_array_equal(a, videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2,
+                                                       labels=cond["label"]))
   with pytest.raises(ValueError, match="labels"):
     videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2)
-  z, module, variables, kw = original("framecond")
-  a = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2, cond_frames=kw["cond_frames"])
-  b = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2, cond_frames=-kw["cond_frames"])
+  z, module, variables, cond = original("framecond")
+  a = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2, cond=cond)
+  b = videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 2,
+                          cond=conditioning.make_cond(frames=-cond["frames"]))
   assert a.shape == z["codes"].shape and (np.asarray(a) != np.asarray(b)).any()
   with pytest.raises(ValueError, match="batch"):
-    videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 3, cond_frames=kw["cond_frames"])
+    videogpt_jax.sample(module, variables, jax.random.PRNGKey(0), 3, cond=cond)
 
 
 def test_bad_sampling_arguments():
@@ -223,7 +229,7 @@ def test_decode_loop_updates_kv_caches_in_place():
   """No per-step copies of the caches in the compiled loop (they made decoding 5-50x slower)."""
   module, variables = tiny_gpt()
   codes = random_codes(module)
-  hlo = sampling._compiled_teacher_forcing(module).lower(variables, codes, None, None).compile().as_text()
+  hlo = sampling._compiled_teacher_forcing(module).lower(variables, codes, {}).compile().as_text()
   b, h, length, d = 2, module.heads, module.seq_len, module.head_dim
   cache_shapes = (f"f32[{b},{h},{d},{length}]", f"f32[{b},{h},{length},{d}]")
   copies = [line for line in hlo.splitlines() if " copy(" in line and any(s in line for s in cache_shapes)]

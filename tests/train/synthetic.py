@@ -50,7 +50,9 @@ class SyntheticIterator:
     if self.n_cond:
       out["cond_frames"] = video[:, :self.n_cond]
     start = jax.process_index() * self.local
-    return sharding.shard_batch({k: v[start:start + self.local] for k, v in out.items()}, self.mesh)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v[start:start + self.local])
+            for k, v in out.items()}
 
   def state(self):
     return {"step": self._step, "seed": self.seed}

@@ -76,7 +76,7 @@ def _batches(mesh, start=0, poison_at=None):
     y = x @ _TRUE_W
     if poison_at is not None and i + 1 == poison_at:
       y = y * np.nan
-    yield sharding.shard_batch({"x": x, "y": y}, mesh)
+    yield {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), v) for k, v in (("x", x), ("y", y))}
     i += 1
 
 

@@ -1,6 +1,8 @@
 """Mesh construction, logical-axis rules and the shardings they give to an abstract state."""
 from __future__ import annotations
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -88,16 +90,45 @@ def test_state_shardings_follow_names_and_drop_non_dividing_axes():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-8)
 
 
-def test_shard_batch_splits_the_leading_axis():
+def test_batch_sharding_splits_the_leading_axis():
   mesh = sharding.make_mesh(_config((2, 2, 2)))
-  x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
-  batch = sharding.shard_batch({"video": x}, mesh)
-  assert batch["video"].sharding.spec == P(("data", "fsdp"))
-  assert {s.data.shape for s in batch["video"].addressable_shards} == {(2, 3)}
-  np.testing.assert_array_equal(np.asarray(batch["video"]), x)
+  x = np.arange(8 * 3 * 2, dtype=np.float32).reshape(8, 3, 2)
+  video = jax.make_array_from_process_local_data(sharding.batch_sharding(mesh), x)
+  assert video.sharding.spec == P(("data", "fsdp"))
+  assert {s.data.shape for s in video.addressable_shards} == {(2, 3, 2)}
+  np.testing.assert_array_equal(np.asarray(video), x)
   with pytest.raises(ValueError, match="divisible"):
     sharding.batch_size_per_process(6, mesh)
   assert sharding.batch_size_per_process(8, mesh) == 8
+
+
+class _Misspelled(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("w_qs", nn.with_logical_partitioning(nn.initializers.normal(), ("embed", "head")), (8, 8))
+    return x @ w
+
+
+def test_unknown_logical_name_is_an_error_naming_the_parameter():
+  with pytest.raises(ValueError, match=r"an array: logical axis name\(s\) \['hiddens'\] have no rule"):
+    sharding.logical_to_mesh_spec(("embed", "hiddens"))
+  mesh = sharding.make_mesh(_config((2, 2, 2)))
+  abstract = jax.eval_shape(lambda r: _Misspelled().init(r, jnp.ones((2, 8))), jax.random.key(0))
+  with pytest.raises(ValueError, match=r"params/w_qs: logical axis name\(s\) \['head'\]"):
+    sharding.logical_to_shardings(abstract, mesh)
+
+
+def test_non_dividing_axes_are_logged_once_by_parameter(caplog):
+  abstract = jax.eval_shape(lambda r: _Boxed().init(r, jnp.ones((2, 8))), jax.random.key(0))
+  with caplog.at_level(logging.WARNING):
+    sharding.logical_to_shardings(abstract, sharding.make_mesh(_config((2, 2, 2))))
+  assert not [r for r in caplog.records if "replicated" in r.getMessage()]  # everything divides
+  with caplog.at_level(logging.WARNING):
+    sharding.logical_to_shardings(abstract, sharding.make_mesh(_config((1, 1, 4), num_devices=4)))
+  warnings = [r.getMessage() for r in caplog.records if "replicated" in r.getMessage()]
+  assert len(warnings) == 1
+  assert "params/vocab (8, 6) dim 1 (6): model=4" in warnings[0]
+  assert "kernel" not in warnings[0] and "square" not in warnings[0]  # 8 % 4 == 0
 
 
 def test_per_device_bytes_counts_shards():

@@ -34,7 +34,7 @@ flags.DEFINE_string("args_json", None,
 _MODULE_FIELDS = {
     "vqvae": ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample", "attention"),
     "gpt": ("shape", "n_codes", "embedding_dim", "hidden_dim", "heads", "layers", "attn_type", "n_cond_frames",
-            "frame_shape", "class_cond_dim", "dropout", "attn_dropout"),
+            "frame_shape", "class_cond_dim", "dropout", "attn_dropout", "sparse_block", "sparse_local_blocks"),
 }
 
 

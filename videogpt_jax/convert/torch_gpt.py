@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from videogpt_jax.convert import layouts
+from videogpt_jax.models import conditioning
 from videogpt_jax.models.gpt import GPT
 
 _REQUIRED = ("hidden_dim", "heads", "layers", "attn_type", "n_cond_frames")
@@ -50,7 +51,9 @@ def gpt_from_args(state_dict: Mapping[str, Any] | None = None, *, dtype: Any = j
   sequence_length`) are read from the args when given, and otherwise from the shapes in `state_dict` (the codebook
   and the position-embedding tables); when both are there they must agree. So the hyperparameters stored in an
   original Lightning checkpoint, which name the VQ-VAE only by path, are enough. Other entries of the original's
-  argparse namespace (batch size, data path, ...) are accepted and ignored.
+  argparse namespace (batch size, data path, ...) are accepted and ignored. The original's sparse attention
+  ignores `attn_dropout` (its DeepSpeed kernel has none), so a sparse prior is imported with `attn_dropout=0`,
+  which is what it was trained with.
   """
   missing = [k for k in _REQUIRED if k not in args]
   if missing:
@@ -99,7 +102,7 @@ def gpt_from_args(state_dict: Mapping[str, Any] | None = None, *, dtype: Any = j
       frame_shape=tuple(int(s) for s in frame_shape) if n_cond else None,
       class_cond_dim=int(class_cond_dim) if class_cond else None,
       dropout=float(args.get("dropout", 0.2)),
-      attn_dropout=float(args.get("attn_dropout", 0.3)),
+      attn_dropout=0.0 if args["attn_type"] == "sparse" else float(args.get("attn_dropout", 0.3)),
       dtype=dtype,
       remat=remat,
   )
@@ -176,12 +179,10 @@ def _convert_key(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarr
 
 
 def _example_inputs(module: GPT) -> dict[str, Any]:
-  kw: dict[str, Any] = {"codes": jnp.zeros((1, *module.shape), jnp.int32)}
-  if module.n_cond_frames:
-    kw["cond_frames"] = jnp.zeros((1, module.n_cond_frames, *module.frame_shape, 3), jnp.float32)
-  if module.class_cond_dim is not None:
-    kw["labels"] = jnp.zeros((1,), jnp.int32)
-  return kw
+  frames = (jnp.zeros((1, module.n_cond_frames, *module.frame_shape, 3), jnp.float32) if module.n_cond_frames
+            else None)
+  label = jnp.zeros((1,), jnp.int32) if module.class_cond_dim is not None else None
+  return {"codes": jnp.zeros((1, *module.shape), jnp.int32), "cond": conditioning.make_cond(frames, label)}
 
 
 def abstract_variables(module: GPT) -> dict[str, Any]:

@@ -6,7 +6,6 @@ arrays (or torch tensors) and the original constructor arguments; `export_vqvae_
 """
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from videogpt_jax.convert import layouts
+from videogpt_jax.convert.torch_gpt import load_gpt  # noqa: F401  (re-exported: one import path for both)
 from videogpt_jax.models.vqvae import VQVAE, stride_schedule
 
 VQVAE_ARGS = ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample")
@@ -199,7 +199,3 @@ def export_vqvae_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarra
       sd[key[:-len("running_var")] + "num_batches_tracked"] = np.array(0, np.int64)
   return sd
 
-
-# The prior's importer is written separately; re-exported so both live behind one import path.
-if importlib.util.find_spec("videogpt_jax.convert.torch_gpt") is not None:
-  from videogpt_jax.convert.torch_gpt import load_gpt  # noqa: E402,F401

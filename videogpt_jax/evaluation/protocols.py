@@ -3,7 +3,8 @@
 Inputs follow the shared contracts: iterators yield dicts of `video (B, T, H, W, 3)` float32 in [-0.5, 0.5],
 `label (B,)` and, for evaluation iterators, `mask (B,)` (False marks padding rows, which are dropped). Models are the
 VQ-VAE (`__call__(video, train) -> (recon, aux)`, `encode_to_indices`) and the GPT prior
-(`apply(variables, codes, cond_frames=, labels=, deterministic=True) -> logits (B, t, h, w, K)`).
+(`apply(variables, codes, cond, deterministic=True) -> logits (B, t, h, w, K)`, `cond` from
+`videogpt_jax.models.conditioning`).
 
 - FVD (BAIR protocol): per trial, the next `n_videos` (256) real clips and as many samples conditioned on them;
   FVD between their I3D logits; mean and std over trials (paper: 103.3 +- 2.2).
@@ -26,6 +27,7 @@ from videogpt_jax.evaluation import features_cache
 from videogpt_jax.evaluation import fvd as fvd_lib
 from videogpt_jax.evaluation import inception_score as is_lib
 from videogpt_jax.evaluation import metrics
+from videogpt_jax.models import conditioning
 
 Batch = Mapping[str, Any]
 
@@ -160,12 +162,8 @@ def _token_nats(gpt: Any, gpt_variables: dict, vqvae: Any, vqvae_variables: dict
                 n_cond_frames: int) -> jax.Array:
   video = batch["video"]
   codes = vqvae.apply(vqvae_variables, video, method="encode_to_indices")
-  kwargs = {}
-  if n_cond_frames:
-    kwargs["cond_frames"] = video[:, :n_cond_frames]
-  if "label" in batch:
-    kwargs["labels"] = batch["label"]
-  logits = gpt.apply(gpt_variables, codes, deterministic=True, **kwargs)
+  cond = conditioning.from_batch(batch, n_cond_frames, "label" in batch)
+  logits = gpt.apply(gpt_variables, codes, cond, deterministic=True)
   ce = metrics.token_cross_entropy(logits, codes)
   return jnp.mean(ce.reshape(ce.shape[0], -1), axis=1)
 

@@ -33,6 +33,7 @@ from videogpt_jax import sharding
 from videogpt_jax.evaluation import c3d as c3d_lib
 from videogpt_jax.evaluation import fvd as fvd_lib
 from videogpt_jax.evaluation import protocols
+from videogpt_jax.models import conditioning
 from videogpt_jax.train import common, load
 
 PROTOCOLS = ("fvd", "fvd_star", "reconstruction", "bits_per_dim", "inception_score")
@@ -252,8 +253,7 @@ class Sampler:
     self.shard = sharding.batch_sharding(mesh)
     self.done, self._start = 0, None
 
-  def __call__(self, rng: jax.Array, n: int, cond_frames: np.ndarray | None = None,
-               labels: np.ndarray | None = None) -> np.ndarray:
+  def __call__(self, rng: jax.Array, n: int, cond: dict[str, np.ndarray] | None = None) -> np.ndarray:
     import videogpt_jax  # pylint: disable=import-outside-toplevel
     if self._start is None:
       self._start = time.perf_counter()
@@ -261,7 +261,7 @@ class Sampler:
     for i, start in enumerate(range(0, n, self.batch_size)):
       rows = slice(start, min(start + self.batch_size, n))
       codes = videogpt_jax.sample(self.gpt, self.gpt_vars, jax.random.fold_in(rng, i), self.batch_size,
-                                  cond_frames=self._put(cond_frames, rows), labels=self._put(labels, rows),
+                                  cond={k: self._put(v, rows) for k, v in (cond or {}).items()},
                                   temperature=self.s.temperature, top_k=self.s.top_k, top_p=self.s.top_p)
       video = _decode(self.vqvae, self.vq_vars, jax.device_put(codes, self.shard))
       out.append(sharding.to_host(video)[:rows.stop - rows.start])
@@ -280,16 +280,9 @@ class Sampler:
     logging.info("%s: sampled %d/%d clips (%.1f s, %.2f clips/s)", what, self.done, total, elapsed, rate)
 
 
-def _conditioning(gpt: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
-  """The prior's conditioning from a batch of real clips: first frames and/or labels (None where unused)."""
-  cond = labels = None
-  if gpt.n_cond_frames:
-    cond = batch["cond_frames"] if "cond_frames" in batch else batch["video"][:, :gpt.n_cond_frames]
-  if gpt.class_cond_dim:
-    if "label" not in batch:
-      raise ValueError("the prior is class-conditional but the dataset has no labels")
-    labels = batch["label"]
-  return {"cond_frames": cond, "labels": labels}
+def _conditioning(gpt: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The prior's conditioning mapping from a batch of real clips: first frames and/or labels, where used."""
+  return gpt.cond_from_batch(batch)
 
 
 def _i3d(s: Settings) -> tuple[Any, dict, dict]:
@@ -331,7 +324,7 @@ def run_fvd(s: Settings, mesh, models: dict[str, Any]) -> dict[str, Any]:
   sampler = Sampler(models, mesh, s)
 
   def sample_fn(rng: jax.Array, batch: dict[str, np.ndarray]) -> np.ndarray:
-    videos = sampler(rng, batch["video"].shape[0], **_conditioning(gpt, batch))
+    videos = sampler(rng, batch["video"].shape[0], _conditioning(gpt, batch))
     sampler.log(total, s.protocol)
     return videos
 
@@ -404,10 +397,11 @@ def run_inception_score(s: Settings, mesh, models: dict[str, Any]) -> dict[str, 
     if stream is not None:
       rows = [next(stream) for _ in range(n)]
       batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    cond = _conditioning(gpt, batch) if stream is not None else {"cond_frames": None, "labels": None}
+    frames = _conditioning(gpt, batch).get("frames") if stream is not None else None
+    labels = None
     if gpt.class_cond_dim:  # TGAN-v2: labels drawn uniformly
-      cond["labels"] = np.asarray(jax.random.randint(jax.random.fold_in(rng, -1), (n,), 0, gpt.class_cond_dim))
-    videos = sampler(rng, n, **cond)
+      labels = np.asarray(jax.random.randint(jax.random.fold_in(rng, -1), (n,), 0, gpt.class_cond_dim))
+    videos = sampler(rng, n, conditioning.make_cond(frames, labels))
     sampler.log(s.num_samples, "inception_score")
     return videos
 

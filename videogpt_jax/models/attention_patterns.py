@@ -1,22 +1,30 @@
-"""Self-attention patterns of the VideoGPT prior (full, axial, block-sparse) as pure functions.
+"""Self-attention patterns of the VideoGPT prior (full, axial, block-sparse) as small hashable objects.
 
 Sequences are the raster-flattened (t-major) latent grid `shape = (T, H, W)`, `L = T * H * W`; q, k, v are
-`(B, L, N, Dh)`. Only the mask differs between patterns (the weights of the GPT are shared), so each pattern is
-given three ways that must agree exactly:
-  - `dense_mask`: the `(L, L)` bool mask, a brute-force reference for tests and small models;
-  - `attend`: the attention itself, with memory linear in L where the pattern allows (block-sparse gathers only
-    the allowed key blocks, axial scores each axis separately, full attention chunks its queries at large L);
-  - `decode_mask`: one row of the mask for KV-cached decoding, for a traced position, in O(L) work.
+`(B, L, N, Dh)`. Only the mask differs between patterns (the weights of the GPT are shared). Every pattern has one
+interface, whose parts must agree exactly:
+  - `mask()`: the `(L, L)` bool mask, a brute-force reference for tests and small models;
+  - `attend(q, k, v, ...)`: the attention itself, with memory linear in L where the pattern allows (block-sparse
+    gathers only the allowed key blocks, axial scores each axis separately, full attention chunks its queries at
+    large L);
+  - `decode_mask(pos)`: one row of the mask for KV-cached decoding, for a traced position, in O(L) work;
+  - `keys_per_query()` / `flops(batch, width)`: the work `attend` does (masked scores it computes included).
+`make(attn_type, shape, ...)` is the one place a config's `attn_type` string becomes a pattern.
 
-Patterns (`attn_type`):
-  - `full`: key j <= query i (causal) or everything.
-  - `axial`: keys that differ from the query in at most one axis of `shape` (its row along T, H or W), and come
-    no later in raster order when causal. The original only has non-causal axial attention (inside the VQ-VAE,
-    as a *sum* of three separate softmaxes); for the prior we define one joint softmax over the union of the
-    three rows, with the query itself counted once.
-  - `sparse`: the original's DeepSpeed `StridedSparsityConfig` (see `sparse_layout.py`). The original ignores
-    `attn_dropout` for sparse attention; `attend` applies whatever `dropout_rate` it is given, so a caller that
-    wants the original's behaviour passes 0.
+Patterns:
+  - `Full` ("full"): key j <= query i (causal) or everything.
+  - `Axial` ("axial"): keys that differ from the query in at most one axis of `shape` (its row along T, H or W),
+    and come no later in raster order when causal. The original only has non-causal axial attention (inside the
+    VQ-VAE, as a *sum* of three separate softmaxes); for the prior we define one joint softmax over the union of
+    the three rows, with the query itself counted once.
+  - `BlockSparse` ("sparse"): the original's DeepSpeed `StridedSparsityConfig` (see `sparse_layout.py`), with
+    its `block` size and `local_blocks` count. The original's sparse kernel ignores `attn_dropout`; here dropout
+    applies to every pattern, so a config that reproduces the original's sparse prior sets `attn_dropout=0`.
+
+Kernels: `attend` runs the XLA implementations below (`kernel="xla"`, every backend). An accelerator kernel (say
+a Pallas one on TPU) implements the same contract for a pattern and registers it under a name with
+`register_kernel`; a pattern built with `kernel=<name>` then dispatches to it. `mask` and `decode_mask` stay the
+reference the kernel is tested against.
 
 Attention dropout rounds its rate to a multiple of 1/256 (see `keep_mask`: a quarter of the random draws).
 
@@ -26,9 +34,10 @@ output has q's dtype.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
-from typing import Sequence
+from typing import Callable, ClassVar, Sequence
 
 import einops
 import jax
@@ -36,8 +45,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from videogpt_jax.models import sparse_layout
-
-ATTN_TYPES = ("full", "axial", "sparse")
 
 # Above this many tokens full attention runs query chunk by query chunk (each chunk rematerialised in the
 # backward pass), so no (L, L) score tensor is ever live: at 8192 tokens one head's scores alone are 256 MiB.
@@ -49,62 +56,6 @@ FULL_QUERY_CHUNK = 512
 FULL_QUERY_BLOCK = 128
 
 _NEG_INF = float(np.finfo(np.float32).min)
-
-
-def _check(shape: Sequence[int], attn_type: str, block: int, num_local_blocks: int) -> tuple[int, ...]:
-  shape = tuple(int(s) for s in shape)
-  if not shape or any(s < 1 for s in shape):
-    raise ValueError(f"attention shape must be a non-empty tuple of positive sizes, got {shape}")
-  if attn_type not in ATTN_TYPES:
-    raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
-  if attn_type == "sparse":
-    sparse_layout.check_sparse_args(shape, block, num_local_blocks)
-    sparse_layout.block_shape(shape, block)
-  return shape
-
-
-# ------------------------------------------------------------------------------------------------ masks ----
-
-
-def dense_mask(shape: Sequence[int], attn_type: str, causal: bool = True, block: int = 32,
-               num_local_blocks: int = 4) -> np.ndarray:
-  """Bool `(L, L)`: `mask[i, j]` is True when query i may attend key j (raster order)."""
-  shape = _check(shape, attn_type, block, num_local_blocks)
-  length = int(np.prod(shape))
-  i = np.arange(length)[:, None]
-  j = np.arange(length)[None, :]
-  order = j <= i if causal else np.ones((length, length), bool)
-  if attn_type == "full":
-    return order
-  if attn_type == "axial":
-    coords = np.unravel_index(np.arange(length), shape)
-    n_diff = np.zeros((length, length), np.int8)
-    for c in coords:
-      n_diff += c[:, None] != c[None, :]
-    return (n_diff <= 1) & order
-  layout = sparse_layout.block_layout(shape, causal, block, num_local_blocks)
-  tokens = np.repeat(np.repeat(layout, block, axis=0), block, axis=1)
-  return tokens & order
-
-
-def decode_mask(shape: Sequence[int], attn_type: str, pos: jax.Array, causal: bool = True, block: int = 32,
-                num_local_blocks: int = 4) -> jax.Array:
-  """Bool `(L,)`: row `pos` (a possibly traced int) of `dense_mask`, without building anything `(L, L)`."""
-  shape = _check(shape, attn_type, block, num_local_blocks)
-  length = int(np.prod(shape))
-  pos = jnp.asarray(pos, jnp.int32)
-  j = jnp.arange(length, dtype=jnp.int32)
-  order = j <= pos if causal else jnp.ones((length,), bool)
-  if attn_type == "full":
-    return order
-  if attn_type == "axial":
-    strides = np.cumprod((shape[1:] + (1,))[::-1])[::-1]
-    n_diff = jnp.zeros((length,), jnp.int32)
-    for s, size in zip(strides, shape):
-      n_diff += ((j // int(s)) % size != (pos // int(s)) % size).astype(jnp.int32)
-    return (n_diff <= 1) & order
-  row = sparse_layout.layout_row(shape, pos // block, causal, block, num_local_blocks)
-  return jnp.repeat(row, block, total_repeat_length=length) & order
 
 
 # --------------------------------------------------------------------------------------------- attention ----
@@ -249,34 +200,199 @@ def _sparse_attention(q, k, v, *, shape, causal, block, num_local_blocks, rate, 
   return einops.rearrange(out, "b r i n d -> b (r i) n d").astype(q.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, shape: Sequence[int], attn_type: str, causal: bool = True,
-           block: int = 32, num_local_blocks: int = 4, dropout_rate: float = 0.0,
-           dropout_rng: jax.Array | None = None, deterministic: bool = True, precision=None) -> jax.Array:
-  """Self-attention of pattern `attn_type` over the raster-flattened grid `shape`.
 
-  Args:
-    q, k, v: `(B, L, N, Dh)` with `L = prod(shape)`; any float dtype (bf16 fine: softmax is float32).
+
+# ---------------------------------------------------------------------------------------------- patterns ----
+
+# `fn(pattern, q, k, v, *, dropout_rate, dropout_rng, deterministic, precision) -> (B, L, N, Dh)`, registered per
+# (attn_type, kernel name).
+AttendFn = Callable[..., jax.Array]
+_KERNELS: dict[tuple[str, str], AttendFn] = {}
+
+
+def register_kernel(attn_type: str, kernel: str, fn: AttendFn) -> None:
+  """Makes `fn` the `attend` of patterns of `attn_type` built with `kernel=kernel` (e.g. a TPU Pallas kernel)."""
+  if attn_type not in PATTERNS or kernel == "xla":
+    raise ValueError(f"register_kernel: attn_type must be one of {ATTN_TYPES} and the name not 'xla', got "
+                     f"{attn_type!r}, {kernel!r}")
+  _KERNELS[(attn_type, kernel)] = fn
+
+
+def kernels(attn_type: str) -> tuple[str, ...]:
+  """Names of the `attend` implementations available for `attn_type` ("xla" first)."""
+  return ("xla", *sorted(k for t, k in _KERNELS if t == attn_type))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+  """Causal or bidirectional self-attention over the raster-flattened grid `shape`; see the module docstring.
+
+  Attributes:
     shape: the latent grid `(T, H, W)` (any number of axes).
-    attn_type: "full", "axial" or "sparse".
-    causal: whether query i only sees keys j <= i (the prior is causal).
-    block, num_local_blocks: block-sparse layout (original defaults 32 and 4).
-    dropout_rate, dropout_rng, deterministic: dropout on the attention probabilities when not deterministic.
-    precision: matmul precision for the score and value products.
-
-  Returns:
-    `(B, L, N, Dh)` in q's dtype.
+    causal: query i only sees keys j <= i (the prior is causal).
+    kernel: the `attend` implementation, "xla" or a name given to `register_kernel`.
   """
-  shape = _check(shape, attn_type, block, num_local_blocks)
-  length = int(np.prod(shape))
-  if q.ndim != 4 or q.shape[1] != length or k.shape != q.shape or v.shape != q.shape:
-    raise ValueError(f"attend expects q, k, v of equal shape (B, L={length}, N, Dh) for shape={shape}; got "
-                     f"q {q.shape}, k {k.shape}, v {v.shape}")
-  if not 0.0 <= dropout_rate < 1.0:
-    raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
-  kw = dict(rate=dropout_rate, rng=dropout_rng, deterministic=deterministic, precision=precision)
-  if attn_type == "full":
-    return _full_attention(q, k, v, causal=causal, **kw)
-  if attn_type == "axial":
-    return _axial_attention(q, k, v, shape=shape, causal=causal, **kw)
-  return _sparse_attention(q, k, v, shape=shape, causal=causal, block=block, num_local_blocks=num_local_blocks,
-                           **kw)
+  shape: tuple[int, ...]
+  causal: bool = True
+  kernel: str = "xla"
+
+  attn_type: ClassVar[str] = ""
+
+  def __post_init__(self):
+    shape = tuple(int(s) for s in self.shape)
+    if not shape or any(s < 1 for s in shape):
+      raise ValueError(f"attention shape must be a non-empty tuple of positive sizes, got {self.shape}")
+    object.__setattr__(self, "shape", shape)
+    object.__setattr__(self, "causal", bool(self.causal))
+    if self.kernel not in kernels(self.attn_type):
+      raise ValueError(f"attention kernel {self.kernel!r} is not available for attn_type={self.attn_type!r} "
+                       f"(have {kernels(self.attn_type)}; accelerator kernels are added with register_kernel)")
+
+  @property
+  def length(self) -> int:
+    return int(np.prod(self.shape))
+
+  def _order(self, xp, i, j):
+    return j <= i if self.causal else xp.ones(np.broadcast_shapes(np.shape(i), np.shape(j)), bool)
+
+  def mask(self) -> np.ndarray:
+    """Bool `(L, L)`: `mask[i, j]` is True when query i may attend key j (raster order)."""
+    return self._order(np, np.arange(self.length)[:, None], np.arange(self.length)[None, :])
+
+  def decode_mask(self, pos: jax.Array) -> jax.Array:
+    """Bool `(L,)`: row `pos` (a possibly traced int) of `mask()`, without building anything `(L, L)`."""
+    return self._order(jnp, jnp.asarray(pos, jnp.int32), jnp.arange(self.length, dtype=jnp.int32))
+
+  def keys_per_query(self) -> float:
+    """Mean number of keys whose score `attend` computes per query (masked ones included)."""
+    raise NotImplementedError
+
+  def flops(self, batch: int, width: int) -> float:
+    """Forward matmul flops of the score and value products: `4 B L width keys_per_query`, width = N * Dh."""
+    return 4.0 * batch * self.length * width * self.keys_per_query()
+
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, *, dropout_rate: float = 0.0,
+             dropout_rng: jax.Array | None = None, deterministic: bool = True, precision=None) -> jax.Array:
+    """Self-attention of this pattern. q, k, v `(B, L, N, Dh)`, any float dtype (softmax is float32).
+
+    Args:
+      dropout_rate, dropout_rng, deterministic: dropout on the attention probabilities when not deterministic.
+      precision: matmul precision for the score and value products.
+
+    Returns:
+      `(B, L, N, Dh)` in q's dtype.
+    """
+    if q.ndim != 4 or q.shape[1] != self.length or k.shape != q.shape or v.shape != q.shape:
+      raise ValueError(f"attend expects q, k, v of equal shape (B, L={self.length}, N, Dh) for shape={self.shape}; "
+                       f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    if not 0.0 <= dropout_rate < 1.0:
+      raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    kw = dict(dropout_rate=dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic, precision=precision)
+    if self.kernel == "xla":
+      return self._attend_xla(q, k, v, **kw)
+    return _KERNELS[(self.attn_type, self.kernel)](self, q, k, v, **kw)
+
+  def _attend_xla(self, q, k, v, *, dropout_rate, dropout_rng, deterministic, precision) -> jax.Array:
+    raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Full(Pattern):
+  """Every earlier key (causal) or every key."""
+  attn_type: ClassVar[str] = "full"
+
+  def keys_per_query(self) -> float:
+    # Up to FULL_CHUNK_THRESHOLD, causal attention scores per query block the keys up to the block's end; above
+    # it every query chunk scores all keys, masked.
+    length = self.length
+    if not self.causal or length > FULL_CHUNK_THRESHOLD:
+      return float(length)
+    block = min(FULL_QUERY_BLOCK, length)
+    ends = np.minimum(np.arange(block, length + block, block), length)
+    sizes = np.diff(np.concatenate([[0], ends]))
+    return float((sizes * ends).sum() / length)
+
+  def _attend_xla(self, q, k, v, *, dropout_rate, dropout_rng, deterministic, precision):
+    return _full_attention(q, k, v, causal=self.causal, rate=dropout_rate, rng=dropout_rng,
+                           deterministic=deterministic, precision=precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class Axial(Pattern):
+  """The query's rows along every axis of `shape` (one joint softmax), earlier keys only when causal."""
+  attn_type: ClassVar[str] = "axial"
+
+  def mask(self) -> np.ndarray:
+    length = self.length
+    coords = np.unravel_index(np.arange(length), self.shape)
+    n_diff = np.zeros((length, length), np.int8)
+    for c in coords:
+      n_diff += c[:, None] != c[None, :]
+    return (n_diff <= 1) & super().mask()
+
+  def decode_mask(self, pos: jax.Array) -> jax.Array:
+    pos = jnp.asarray(pos, jnp.int32)
+    j = jnp.arange(self.length, dtype=jnp.int32)
+    strides = np.cumprod((self.shape[1:] + (1,))[::-1])[::-1]
+    n_diff = jnp.zeros((self.length,), jnp.int32)
+    for s, size in zip(strides, self.shape):
+      n_diff += ((j // int(s)) % size != (pos // int(s)) % size).astype(jnp.int32)
+    return (n_diff <= 1) & super().decode_mask(pos)
+
+  def keys_per_query(self) -> float:
+    return float(sum(self.shape))
+
+  def _attend_xla(self, q, k, v, *, dropout_rate, dropout_rng, deterministic, precision):
+    return _axial_attention(q, k, v, shape=self.shape, causal=self.causal, rate=dropout_rate, rng=dropout_rng,
+                            deterministic=deterministic, precision=precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSparse(Pattern):
+  """The original's strided block-sparse layout over blocks of `block` tokens (see `sparse_layout`).
+
+  Attributes (beyond `Pattern`'s):
+    block: tokens per block (the original's 32).
+    local_blocks: earlier blocks every block row attends besides itself (the original's `num_local_blocks`, 4).
+  """
+  block: int = 32
+  local_blocks: int = 4
+
+  attn_type: ClassVar[str] = "sparse"
+
+  def __post_init__(self):
+    super().__post_init__()
+    sparse_layout.check_sparse_args(self.shape, self.block, self.local_blocks)
+    sparse_layout.block_shape(self.shape, self.block)
+
+  def mask(self) -> np.ndarray:
+    layout = sparse_layout.block_layout(self.shape, self.causal, self.block, self.local_blocks)
+    tokens = np.repeat(np.repeat(layout, self.block, axis=0), self.block, axis=1)
+    return tokens & super().mask()
+
+  def decode_mask(self, pos: jax.Array) -> jax.Array:
+    pos = jnp.asarray(pos, jnp.int32)
+    row = sparse_layout.layout_row(self.shape, pos // self.block, self.causal, self.block, self.local_blocks)
+    return jnp.repeat(row, self.block, total_repeat_length=self.length) & super().decode_mask(pos)
+
+  def keys_per_query(self) -> float:
+    index, _ = sparse_layout.gather_table(self.shape, self.causal, self.block, self.local_blocks)
+    return float(index.shape[1] * self.block)
+
+  def _attend_xla(self, q, k, v, *, dropout_rate, dropout_rng, deterministic, precision):
+    return _sparse_attention(q, k, v, shape=self.shape, causal=self.causal, block=self.block,
+                             num_local_blocks=self.local_blocks, rate=dropout_rate, rng=dropout_rng,
+                             deterministic=deterministic, precision=precision)
+
+
+PATTERNS: dict[str, type[Pattern]] = {"full": Full, "axial": Axial, "sparse": BlockSparse}
+ATTN_TYPES = tuple(PATTERNS)
+
+
+def make(attn_type: str, shape: Sequence[int], *, causal: bool = True, block: int = 32, local_blocks: int = 4,
+         kernel: str = "xla") -> Pattern:
+  """The pattern named `attn_type` ("full", "axial" or "sparse"); `block`/`local_blocks` only apply to "sparse"."""
+  if attn_type not in PATTERNS:
+    raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
+  extra = dict(block=int(block), local_blocks=int(local_blocks)) if attn_type == "sparse" else {}
+  return PATTERNS[attn_type](tuple(shape), causal, kernel, **extra)

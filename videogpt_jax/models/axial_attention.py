@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from videogpt_jax.models.conv import torch_uniform
+from videogpt_jax.models.initializers import torch_uniform
 
 
 class AxisAttention(nn.Module):

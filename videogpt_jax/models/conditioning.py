@@ -1,7 +1,13 @@
-"""Frame-conditioning encoder of the GPT prior: the original's 3D ResNet-34 with channel LayerNorm.
+"""Conditioning of the GPT prior: the one mapping of its conditioning inputs, and the frame encoder.
 
-Input: the first `n_cond_frames` frames `(B, n, H, W, 3)` in [-0.5, 0.5]. Output: `(B, n, H/4, W/4, out_dim)`.
-Differences from a textbook ResNet that the original has and that checkpoints depend on:
+The prior takes its conditioning as one mapping built by `make_cond` (or `from_batch`, from a data batch):
+`{"frames": (B, n_cond_frames, H, W, 3) float in [-0.5, 0.5], "label": (B,) int}`, holding only the inputs the
+prior uses (`{}` for an unconditional prior). `GPT.__call__`, `GPT.prepare_decode`, the sampler and the
+evaluators all take that mapping.
+
+The frame encoder is the original's 3D ResNet-34 with channel LayerNorm. Input: the first `n_cond_frames` frames
+`(B, n, H, W, 3)` in [-0.5, 0.5]. Output: `(B, n, H/4, W/4, out_dim)`. Differences from a textbook ResNet that the
+original has and that checkpoints depend on:
   - every norm is a LayerNorm over channels (eps 1e-5 inside the square root), not BatchNorm;
   - convolutions use symmetric zero padding 1 (k=3) or 0 (k=1);
   - a residual block is `relu(relu(LN(conv2(relu(LN(conv1 x))))) + shortcut)`: a ReLU *before* the add too;
@@ -10,7 +16,7 @@ Differences from a textbook ResNet that the original has and that checkpoints de
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -18,9 +24,59 @@ import jax.numpy as jnp
 from jax import lax
 
 from videogpt_jax.models import conv_ops
+from videogpt_jax.models.initializers import torch_uniform
 
 _DIMS = ("NDHWC", "DHWIO", "NDHWC")
 _CONV_NAMES = ("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
+
+COND_KEYS = ("frames", "label")
+Cond = Mapping[str, jax.Array]
+
+
+def make_cond(frames: Any = None, label: Any = None) -> dict[str, Any]:
+  """The prior's conditioning inputs as one mapping: the only place they are put together.
+
+  Args:
+    frames: `(B, n_cond_frames, H, W, 3)` float in [-0.5, 0.5], for a frame-conditional prior.
+    label: `(B,)` int class labels, for a class-conditional prior.
+
+  Returns:
+    `{"frames": frames, "label": label}` without the entries that are None (arrays are kept as given).
+  """
+  return {k: v for k, v in (("frames", frames), ("label", label)) if v is not None}
+
+
+def from_batch(batch: Mapping[str, Any], n_cond_frames: int, class_cond: bool) -> dict[str, Any]:
+  """The conditioning of a prior with `n_cond_frames` frames / class labels, from a data batch.
+
+  Frames are the batch's `cond_frames`, or else the first `n_cond_frames` frames of its `video`; the label is
+  `batch["label"]`. Inputs the prior does not use are left out.
+  """
+  frames = None
+  if n_cond_frames:
+    frames = batch["cond_frames"] if "cond_frames" in batch else batch["video"][:, :n_cond_frames]
+  if class_cond and "label" not in batch:
+    raise ValueError("the prior is class-conditional but the batch has no 'label'")
+  return make_cond(frames=frames, label=batch["label"] if class_cond else None)
+
+
+def as_cond(cond: Cond | None, cond_frames: Any = None, labels: Any = None) -> dict[str, Any]:
+  """Validates `cond`; the keyword form `cond_frames=` / `labels=` (kept for callers of the original's API) goes
+  through `make_cond` as well. Giving both forms is an error."""
+  if cond_frames is not None or labels is not None:
+    if cond:
+      raise ValueError("give the conditioning either as `cond` (conditioning.make_cond) or as cond_frames=/labels=,"
+                       " not both")
+    return make_cond(frames=cond_frames, label=labels)
+  if cond is None:
+    return {}
+  if not isinstance(cond, Mapping):
+    raise TypeError(f"cond must be a mapping from conditioning.make_cond with keys {COND_KEYS}, got "
+                    f"{type(cond).__name__}")
+  unknown = sorted(set(cond) - set(COND_KEYS))
+  if unknown:
+    raise ValueError(f"cond has unknown keys {unknown}; the prior's conditioning keys are {COND_KEYS}")
+  return dict(cond)
 
 
 class Conv3d(nn.Module):
@@ -42,8 +98,7 @@ class Conv3d(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
-    # PyTorch's default Conv3d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+    init = torch_uniform(x.shape[-1] * k ** 3)
     kernel = self.param("kernel", nn.with_logical_partitioning(init, _CONV_NAMES),
                         (k, k, k, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from videogpt_jax.models import conv_ops
+from videogpt_jax.models.initializers import torch_uniform
 
 _KERNEL_AXES = ("conv_k", "conv_k", "conv_k", "conv_in", "conv_out")
 
@@ -22,15 +23,6 @@ def _triple(v: int | Sequence[int], name: str) -> tuple[int, int, int]:
   if len(t) != 3 or any(a < 1 for a in t):
     raise ValueError(f"{name} must be a positive int or 3 positive ints, got {v!r}")
   return t  # type: ignore[return-value]
-
-
-def torch_uniform(fan_in: int):
-  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default conv init (kaiming_uniform(a=sqrt(5)) and bias)."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
 
 
 class _SamePadConv(nn.Module):

@@ -8,21 +8,23 @@ the KV-cache decoding used by `videogpt_jax.models.sampling` is `GPT.decode_step
 
 Variables: `params` (trainable) and `codebook` (non-trainable, the VQ-VAE's embeddings; `init` fills it with random
 vectors, to be replaced by the trained VQ-VAE's `codebook/embeddings`). Call:
-`module.apply(variables, codes, cond_frames=None, labels=None, deterministic=True, rngs={"dropout": key})`.
+`module.apply(variables, codes, cond, deterministic=True, rngs={"dropout": key})` with `cond` the conditioning
+mapping of `conditioning.make_cond(frames=..., label=...)` (None or `{}` when unconditional); the keyword form
+`apply(variables, codes, cond_frames=..., labels=...)` builds the same mapping.
 With `mutable=["intermediates"]` the forward also returns the original's intermediate tensors.
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videogpt_jax.models import mha, platforms
+from videogpt_jax.models import attention_patterns, conditioning, mha, platforms
 from videogpt_jax.models.conditioning import FrameEncoder
+from videogpt_jax.models.initializers import torch_uniform
 from videogpt_jax.models.norms import LayerNorm
 
 COND_DIM = 240  # width of the frame encoder's output, hard-coded in the original
@@ -70,11 +72,10 @@ class AttentionBlock(nn.Module):
 
   `x += drop(attn(LN x))`; with frame conditioning `x += drop(enc_attn(LN x, frames))`; `x += drop(mlp(LN x))`.
   """
-  shape: tuple[int, int, int]
+  pattern: attention_patterns.Pattern
   hidden_dim: int
   heads: int
   n_layer: int
-  attn_type: str = "full"
   dropout: float = 0.0
   attn_dropout: float = 0.0
   class_cond_dim: int | None = None
@@ -84,17 +85,16 @@ class AttentionBlock(nn.Module):
   def setup(self):
     c = self.hidden_dim
     self.pre_attn_norm = LayerNorm(self.class_cond_dim, dtype=self.dtype)
-    self.attn = mha.SelfAttention(self.shape, c, self.heads, self.n_layer, self.attn_type, self.attn_dropout,
-                                  dtype=self.dtype)
+    self.attn = mha.SelfAttention(c, self.heads, self.n_layer, self.pattern, self.attn_dropout, dtype=self.dtype)
     if self.frame_cond:
       self.pre_enc_norm = LayerNorm(self.class_cond_dim, dtype=self.dtype)
       self.enc_attn = mha.CrossAttention(c, COND_DIM, self.heads, self.n_layer, dtype=self.dtype)
     self.pre_fc_norm = LayerNorm(self.class_cond_dim, dtype=self.dtype)
     # PyTorch's default Linear init, as the original's MLP keeps it.
-    self.fc1 = mha.dense(4 * c, ("embed", "mlp"), mha.uniform_init(1 / math.sqrt(c)), use_bias=True,
-                         bias_init=mha.uniform_init(1 / math.sqrt(c)), dtype=self.dtype)
-    self.fc2 = mha.dense(c, ("mlp", "embed"), mha.uniform_init(1 / math.sqrt(4 * c)), use_bias=True,
-                         bias_init=mha.uniform_init(1 / math.sqrt(4 * c)), dtype=self.dtype)
+    self.fc1 = mha.dense(4 * c, ("embed", "mlp"), torch_uniform(c), use_bias=True, bias_init=torch_uniform(c),
+                         dtype=self.dtype)
+    self.fc2 = mha.dense(c, ("mlp", "embed"), torch_uniform(4 * c), use_bias=True, bias_init=torch_uniform(4 * c),
+                         dtype=self.dtype)
     self.drop = nn.Dropout(self.dropout)
 
   def cross_kv(self, frame_embd: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -131,12 +131,14 @@ class GPT(nn.Module):
     hidden_dim: transformer width C (divisible by 3 and by `heads`).
     heads: attention heads.
     layers: number of blocks.
-    attn_type: "full", "axial" or "sparse" (same weights; only the attention pattern differs).
+    attn_type: "full", "axial" or "sparse" (same weights; only the attention pattern differs, see
+      `attention_pattern`).
     n_cond_frames: number of conditioning frames (0: no frame conditioning).
     frame_shape: `(H, W)` of the conditioning frames (required when `n_cond_frames > 0`).
     class_cond_dim: number of classes for class-conditional LayerNorms, or None.
     dropout: residual dropout rate.
-    attn_dropout: attention-probability dropout rate (ignored by "sparse", as in the original).
+    attn_dropout: attention-probability dropout rate, for every `attn_type` (the original's sparse kernel
+      ignores it: a sparse prior reproducing the original uses 0, as its importer sets).
     dtype: compute dtype (parameters stay float32; norms and softmax compute in float32).
     remat: rematerialise each block in the backward pass (saves activation memory).
     cond_width: stem width of the frame encoder (the original's ResNet-34: 64).
@@ -144,6 +146,9 @@ class GPT(nn.Module):
       cheap variant for small experiments, the defaults are what the released checkpoints use.
     platform: the chip the program is for (`platforms.PLATFORMS`): picks the frame encoder's convolution
       formulations and the sampler's default group size, whatever host traces the program.
+    sparse_block: tokens per block of the "sparse" pattern (the original's 32).
+    sparse_local_blocks: earlier blocks each block attends in the "sparse" pattern (the original's 4).
+    attn_kernel: implementation of the attention (`attention_patterns.kernels(attn_type)`; "xla" everywhere).
   """
   shape: tuple[int, int, int]
   n_codes: int
@@ -162,6 +167,15 @@ class GPT(nn.Module):
   cond_width: int = 64
   cond_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
   platform: str = "cpu"
+  sparse_block: int = 32
+  sparse_local_blocks: int = 4
+  attn_kernel: str = "xla"
+
+  @property
+  def attention_pattern(self) -> attention_patterns.Pattern:
+    """The causal self-attention pattern of every block over the latent grid."""
+    return attention_patterns.make(self.attn_type, tuple(self.shape), causal=True, block=self.sparse_block,
+                                   local_blocks=self.sparse_local_blocks, kernel=self.attn_kernel)
 
   @property
   def seq_len(self) -> int:
@@ -186,8 +200,6 @@ class GPT(nn.Module):
     if self.hidden_dim % 3 or self.hidden_dim % self.heads:
       raise ValueError(f"GPT hidden_dim={self.hidden_dim} must divide by 3 (position embedding) and by "
                        f"heads={self.heads}")
-    if self.attn_type not in mha.ATTN_TYPES:
-      raise ValueError(f"GPT attn_type must be one of {mha.ATTN_TYPES}, got {self.attn_type!r}")
     if self.n_cond_frames < 0:
       raise ValueError(f"GPT n_cond_frames must be >= 0, got {self.n_cond_frames}")
     if self.n_cond_frames:
@@ -210,8 +222,9 @@ class GPT(nn.Module):
     self.sos = self.param("sos", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)), (c,))
     self.pos_embd = PosEmbed(tuple(self.shape), c)
     block = nn.remat(AttentionBlock, static_argnums=(4,)) if self.remat else AttentionBlock
-    self.blocks = [block(tuple(self.shape), c, self.heads, self.layers, self.attn_type, self.dropout,
-                         self.attn_dropout, self.class_cond_dim, bool(self.n_cond_frames), self.dtype)
+    pattern = self.attention_pattern
+    self.blocks = [block(pattern, c, self.heads, self.layers, self.dropout, self.attn_dropout,
+                         self.class_cond_dim, bool(self.n_cond_frames), self.dtype)
                    for _ in range(self.layers)]
     self.norm = LayerNorm(self.class_cond_dim, dtype=jnp.float32)
     self.fc_out = mha.dense(k, ("embed", "vocab"), nn.initializers.zeros, dtype=self.dtype)
@@ -227,7 +240,7 @@ class GPT(nn.Module):
         raise ValueError("labels were given to a GPT without class conditioning (class_cond_dim=None)")
       return None
     if labels is None or labels.shape != (batch,):
-      raise ValueError(f"this GPT is class-conditional: labels must be ({batch},) int, got "
+      raise ValueError(f"this GPT is class-conditional: cond['label'] (labels) must be ({batch},) int, got "
                        f"{None if labels is None else labels.shape}")
     return jax.nn.one_hot(labels, self.class_cond_dim, dtype=jnp.float32)
 
@@ -235,11 +248,12 @@ class GPT(nn.Module):
     """cond_frames `(B, n_cond_frames, H, W, 3)` -> position-embedded features `(B, Lc, 240)`, or None."""
     if not self.n_cond_frames:
       if cond_frames is not None:
-        raise ValueError("cond_frames were given to a GPT without frame conditioning (n_cond_frames=0)")
+        raise ValueError("cond_frames (cond['frames']) were given to a GPT without frame conditioning "
+                         "(n_cond_frames=0)")
       return None
     want = (batch, self.n_cond_frames, *self.frame_shape, 3)
     if cond_frames is None or tuple(cond_frames.shape) != want:
-      raise ValueError(f"this GPT is frame-conditional: cond_frames must be {want}, got "
+      raise ValueError(f"this GPT is frame-conditional: cond_frames (cond['frames']) must be {want}, got "
                        f"{None if cond_frames is None else tuple(cond_frames.shape)}")
     feats = self.resnet(cond_frames)
     self.sow("intermediates", "frame_cond_resnet_out", feats)
@@ -247,18 +261,33 @@ class GPT(nn.Module):
     self.sow("intermediates", "frame_cond_embd", feats)
     return feats.reshape(batch, -1, COND_DIM).astype(self.dtype)
 
+  def _condition(self, cond: Mapping[str, jax.Array], batch: int) -> tuple[jax.Array | None, jax.Array | None]:
+    """One-hot labels `(B, classes)` and encoded frames `(B, Lc, 240)` (None where unused) of `cond`."""
+    return self._onehot(cond.get("label"), batch), self.encode_frames(cond.get("frames"), batch)
+
+  @nn.nowrap
+  def cond_from_batch(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """This prior's conditioning mapping from a data batch (`conditioning.from_batch`)."""
+    return conditioning.from_batch(batch, self.n_cond_frames, self.class_cond_dim is not None)
+
   def _check_codes(self, codes: jax.Array) -> None:
     if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(self.shape):
       raise ValueError(f"codes must be (B, {', '.join(map(str, self.shape))}), got shape {tuple(codes.shape)}")
 
   # Full forward -------------------------------------------------------------------------------------------------
-  def __call__(self, codes: jax.Array, cond_frames: jax.Array | None = None, labels: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
-    """codes `(B, t, h, w)` int -> logits `(B, t, h, w, K)` float32; logits at p predict codes[p]."""
+  def __call__(self, codes: jax.Array, cond: Mapping[str, jax.Array] | None = None, deterministic: bool = True,
+               *, cond_frames: jax.Array | None = None, labels: jax.Array | None = None) -> jax.Array:
+    """codes `(B, t, h, w)` int -> logits `(B, t, h, w, K)` float32; logits at p predict codes[p].
+
+    Args:
+      codes: the code grid.
+      cond: the conditioning mapping (`conditioning.make_cond`; None or `{}` for an unconditional prior).
+      deterministic: no dropout (else apply with `rngs={"dropout": key}`).
+      cond_frames, labels: the keyword form of `cond` (the original's API), built into it by `make_cond`.
+    """
     self._check_codes(codes)
     b = codes.shape[0]
-    onehot = self._onehot(labels, b)
-    frame_embd = self.encode_frames(cond_frames, b)
+    onehot, frame_embd = self._condition(conditioning.as_cond(cond, cond_frames, labels), b)
     x = self.fc_in(jnp.take(self.codebook.value, codes, axis=0))  # (B, t, h, w, C)
     self.sow("intermediates", "fc_in_out", x)
     x = x.reshape(b, self.seq_len, self.hidden_dim)
@@ -279,11 +308,10 @@ class GPT(nn.Module):
     return x.reshape(x.shape[0], *self.shape, x.shape[-1])
 
   # KV-cache decoding --------------------------------------------------------------------------------------------
-  def prepare_decode(self, cond_frames: jax.Array | None, labels: jax.Array | None, batch: int
-                     ) -> dict[str, Any]:
-    """Everything decoding needs from the conditioning, computed once: one-hot labels and per-layer cross KV."""
-    onehot = self._onehot(labels, batch)
-    frame_embd = self.encode_frames(cond_frames, batch)
+  def prepare_decode(self, cond: Mapping[str, jax.Array] | None, batch: int) -> dict[str, Any]:
+    """Everything decoding needs from the conditioning mapping `cond`, computed once: one-hot labels and
+    per-layer cross-attention keys/values."""
+    onehot, frame_embd = self._condition(conditioning.as_cond(cond), batch)
     kv = [blk.cross_kv(frame_embd) for blk in self.blocks] if frame_embd is not None else None
     return {"onehot": onehot, "cross_kv": kv}
 
@@ -296,14 +324,14 @@ class GPT(nn.Module):
             for _ in range(self.layers)]
 
   def decode_step(self, prev_codes: jax.Array, pos: jax.Array, cache: list[dict[str, jax.Array]],
-                  cond: dict[str, Any]) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+                  prepared: dict[str, Any]) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
     """Logits at raster position `pos` given the token at `pos - 1`.
 
     Args:
       prev_codes: `(B,)` int, the code at `pos - 1` (ignored at `pos == 0`, where the start vector is used).
       pos: scalar int (may be traced).
       cache: from `init_cache`, holding keys/values of positions `< pos`.
-      cond: from `prepare_decode`.
+      prepared: from `prepare_decode`.
 
     Returns:
       logits `(B, K)` float32 and the updated cache.
@@ -312,22 +340,12 @@ class GPT(nn.Module):
     x = self.fc_in(jnp.take(self.codebook.value, prev_codes, axis=0))  # (B, C)
     x = jnp.where(pos == 0, self.sos.astype(x.dtype)[None], x)
     x = (x + self.pos_embd.at(pos).astype(x.dtype))[:, None]  # (B, 1, C)
-    onehot = cond["onehot"]
+    onehot = prepared["onehot"]
     new_cache = []
     for i, block in enumerate(self.blocks):
-      kv = cond["cross_kv"][i] if cond["cross_kv"] is not None else None
+      kv = prepared["cross_kv"][i] if prepared["cross_kv"] is not None else None
       x, layer_cache = block.decode(x, onehot, kv, cache[i], pos)
       new_cache.append(layer_cache)
     x = self.norm(x, onehot)
     return self.fc_out(x.astype(self.dtype))[:, 0].astype(jnp.float32).reshape(b, self.n_codes), new_cache
 
-
-def loss(logits: jax.Array, codes: jax.Array) -> jax.Array:
-  """Cross-entropy in nats, mean over all tokens. logits `(B, t, h, w, K)`, codes `(B, t, h, w)`."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.mean(jnp.take_along_axis(logp, codes[..., None].astype(jnp.int32), axis=-1))
-
-
-def bits_per_dim(nats: jax.Array) -> jax.Array:
-  """The paper's bits/dim: per-token cross-entropy in bits."""
-  return nats / math.log(2.0)

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from videogpt_jax.models import attention_patterns
+from videogpt_jax.models.initializers import torch_uniform
 
-ATTN_TYPES = attention_patterns.ATTN_TYPES
 # Added to masked scores instead of -inf: exp underflows to exactly 0 in float32, and a row can never be fully
 # masked (every query sees itself), so the result equals the -inf version without NaN hazards.
 _MASKED = -1e30
@@ -25,13 +25,6 @@ _MASKED = -1e30
 def normal_init(std: float):
   """N(0, std^2), the init the original sets explicitly on its attention projections."""
   return nn.initializers.normal(stddev=std)
-
-
-def uniform_init(bound: float):
-  """U(-bound, bound): PyTorch's default Linear init (weight and bias) for fan_in = 1 / bound**2."""
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init
 
 
 def dense(features: int, names: tuple[str | None, str | None], kernel_init, *, use_bias: bool = False,
@@ -70,44 +63,38 @@ class SelfAttention(nn.Module):
   """Causal multi-head self-attention over the raster-flattened latent grid.
 
   q/k/v projections have no bias (init N(0, 1/sqrt(hidden))); the output projection `fc` has one (weight init
-  N(0, 1/sqrt(hidden * n_layer))). The mask (full / axial / block-sparse) is `attention_patterns`' job; the
-  same weights serve every `attn_type`.
-
-  Attention dropout follows the original, whose DeepSpeed sparse kernel ignores `attn_dropout`: it applies to
-  "full" and "axial" (a pattern the original's prior does not have) and not to "sparse".
+  N(0, 1/sqrt(hidden * n_layer))). The mask (full / axial / block-sparse) and the attention kernel are the
+  `pattern`'s job; the same weights serve every pattern.
 
   Attributes:
-    shape: latent grid `(t, h, w)`.
     hidden_dim: model width C.
     heads: number of heads (C must divide by it).
     n_layer: depth of the stack (scales the output projection's init).
-    attn_type: "full", "axial" or "sparse".
-    attn_dropout: dropout rate on the attention probabilities (not applied by "sparse").
+    pattern: the attention pattern over the latent grid (`attention_patterns.make`), causal.
+    attn_dropout: dropout rate on the attention probabilities (every pattern; the original's sparse kernel
+      ignored it, so a sparse prior reproducing it uses 0).
     dtype: compute dtype.
   """
-  shape: tuple[int, int, int]
   hidden_dim: int
   heads: int
   n_layer: int
-  attn_type: str = "full"
+  pattern: attention_patterns.Pattern
   attn_dropout: float = 0.0
   dtype: Any = jnp.float32
 
   def setup(self):
+    if not self.pattern.causal:
+      raise ValueError("the prior's self-attention needs a causal pattern (KV-cached decoding relies on it)")
     c = self.hidden_dim
     self.w_qs = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
     self.w_ks = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
     self.w_vs = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
     self.fc = dense(c, ("heads", "embed"), normal_init(1 / np.sqrt(c * self.n_layer)), use_bias=True,
-                    bias_init=uniform_init(1 / np.sqrt(c)), dtype=self.dtype)
+                    bias_init=torch_uniform(c), dtype=self.dtype)
 
   @property
   def head_dim(self) -> int:
     return self.hidden_dim // self.heads
-
-  @property
-  def _dropout_rate(self) -> float:
-    return 0.0 if self.attn_type == "sparse" else self.attn_dropout
 
   def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return (split_heads(self.w_qs(x), self.heads), split_heads(self.w_ks(x), self.heads),
@@ -116,10 +103,9 @@ class SelfAttention(nn.Module):
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
     """x `(B, L, C)` in raster order, `L = t*h*w` -> `(B, L, C)`."""
     q, k, v = self._qkv(x)
-    rate = self._dropout_rate
+    rate = self.attn_dropout
     rng = self.make_rng("dropout") if (not deterministic and rate > 0) else None
-    out = attention_patterns.attend(q, k, v, shape=self.shape, attn_type=self.attn_type, causal=True,
-                                    dropout_rate=rate, dropout_rng=rng, deterministic=deterministic)
+    out = self.pattern.attend(q, k, v, dropout_rate=rate, dropout_rng=rng, deterministic=deterministic)
     return self.fc(merge_heads(out.astype(self.dtype)))
 
   def decode(self, x: jax.Array, cache: dict[str, jax.Array], pos: jax.Array
@@ -140,7 +126,7 @@ class SelfAttention(nn.Module):
     # for the output: when the updated cache is also read, XLA copies every layer's whole cache at every step.
     # The layouts make both products plain per-head matmuls, (1, d) x (d, L) and (1, L) x (L, d), for the same
     # reason (any other layout transposes the whole cache each step).
-    mask = attention_patterns.decode_mask(self.shape, self.attn_type, pos)  # (L,), includes pos itself
+    mask = self.pattern.decode_mask(pos)  # (L,), includes pos itself
     mask = mask & (jnp.arange(length) != pos)
     scale = 1.0 / np.sqrt(q.shape[-1])
     old_scores = jnp.einsum("bqhd,bhdk->bhqk", q, cache["k"].astype(q.dtype)).astype(jnp.float32) * scale
@@ -187,7 +173,7 @@ class CrossAttention(nn.Module):
     self.w_ks = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(e)), dtype=self.dtype)
     self.w_vs = dense(e, ("embed", "heads"), normal_init(1 / np.sqrt(e)), dtype=self.dtype)
     self.fc = dense(c, ("heads", "embed"), normal_init(1 / np.sqrt(c * self.n_layer)), use_bias=True,
-                    bias_init=uniform_init(1 / np.sqrt(e)), dtype=self.dtype)
+                    bias_init=torch_uniform(e), dtype=self.dtype)
 
   def kv(self, cond: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cond `(B, Lc, cond_dim)` -> keys `(B, Lc, heads, C/heads)`, values `(B, Lc, heads, cond_dim/heads)`."""

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videogpt_jax.models.initializers import torch_uniform
+
 _EPS = 1e-5
 
 
@@ -54,16 +56,10 @@ class LayerNorm(nn.Module):
       bound = 1.0 / np.sqrt(c)
       w = self.param("w", nn.with_logical_partitioning(nn.initializers.constant(bound), (None, "norm")),
                      (c, features))
-      wb = self.param("wb", nn.with_logical_partitioning(_uniform(bound), (None, "norm")), (c, features))
+      wb = self.param("wb", nn.with_logical_partitioning(torch_uniform(c), (None, "norm")), (c, features))
       onehot = onehot.astype(jnp.float32)
       bcast = (x.shape[0],) + (1,) * (x.ndim - 2) + (features,)
       g = 1.0 + jnp.reshape(onehot @ w, bcast)
       b = jnp.reshape(onehot @ wb, bcast)
     return (x_hat * g + b).astype(self.dtype)
 
-
-def _uniform(bound: float):
-  """U(-bound, bound), PyTorch's default Linear weight init for fan_in = 1/bound**2."""
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-  return init

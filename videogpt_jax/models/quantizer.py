@@ -157,33 +157,3 @@ def quantize(state: Mapping[str, nn.Variable], z: jax.Array, *, update: bool, ke
   aux = {"codes": codes.reshape(z.shape[:-1]), "commitment_loss": commitment_loss, "perplexity": perplexity}
   return z_q.reshape(z.shape).astype(z.dtype), aux
 
-
-class Codebook(nn.Module):
-  """Stand-alone EMA vector quantiser (state at the top of this module's `codebook` collection).
-
-  `VQVAE` declares the same state itself (so its `codebook` collection is flat) and calls `quantize`.
-
-  Attributes:
-    n_codes: K, number of codebook vectors.
-    embedding_dim: D.
-    decay: EMA decay of counts and sums.
-    commitment_cost: weight of `MSE(z, sg(e))`.
-  """
-  n_codes: int
-  embedding_dim: int
-  decay: float = 0.99
-  commitment_cost: float = 0.25
-
-  def setup(self):
-    self.state = declare_state(self, self.n_codes, self.embedding_dim)
-
-  def lookup(self, codes: jax.Array) -> jax.Array:
-    """Codebook vectors of `codes (...)` -> `(..., D)`."""
-    return jnp.take(self.state["embeddings"].value, codes, axis=0)
-
-  def __call__(self, z: jax.Array, train: bool = False,
-               draws: Mapping[str, jax.Array] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """See `quantize`; `train=True` needs `mutable=["codebook"]` and the `codebook` rng (unless all `draws`)."""
-    return quantize(self.state, z, update=train and not self.is_initializing(),
-                    key_fn=lambda: self.make_rng("codebook"), draws=draws, decay=self.decay,
-                    commitment_cost=self.commitment_cost)

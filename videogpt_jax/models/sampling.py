@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videogpt_jax.models import platforms
+from videogpt_jax.models import conditioning, platforms
 from videogpt_jax.models.gpt import GPT
 
 _NEG_INF = -1e30
@@ -45,18 +45,18 @@ def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: jax.Array 
   return logits
 
 
-def _decode_scan(gpt: GPT, variables: Any, batch: int, cond_frames: jax.Array | None, labels: jax.Array | None,
-                 step: Callable, init: Any, xs: Any):
+def _decode_scan(gpt: GPT, variables: Any, batch: int, cond: dict[str, jax.Array], step: Callable, init: Any,
+                 xs: Any):
   """Runs `step(carry, pos, x, logits) -> (carry, prev_codes, y)` over all raster positions with KV caches.
 
-  `xs` holds one entry per position (leading axis L), or is None.
+  `cond` is the conditioning mapping; `xs` holds one entry per position (leading axis L), or is None.
   """
-  cond = gpt.apply(variables, cond_frames, labels, batch, method=GPT.prepare_decode)
+  prepared = gpt.apply(variables, cond, batch, method=GPT.prepare_decode)
 
   def body(state, inputs):
     cache, prev, carry = state
     pos, x = inputs
-    logits, cache = gpt.apply(variables, prev, pos, cache, cond, method=GPT.decode_step)
+    logits, cache = gpt.apply(variables, prev, pos, cache, prepared, method=GPT.decode_step)
     carry, prev, y = step(carry, pos, x, logits)
     return (cache, prev, carry), y
 
@@ -102,9 +102,9 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
   n_groups = -(-n // group)
   padded = n_groups * group
 
-  def run(variables, rng, cond_frames, labels, temperature, top_p):
+  def run(variables, rng, cond, temperature, top_p):
     def decode_group(args):
-      first, frames, group_labels = args
+      first, group_cond = args
       sample_ids = first + jnp.arange(group, dtype=jnp.int32)
 
       def step(carry, pos, _, logits):
@@ -117,24 +117,23 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
         tokens = tokens.astype(jnp.int32)
         return carry, tokens, tokens
 
-      return _decode_scan(gpt, variables, group, frames, group_labels, step, None, None)  # (L, group)
+      return _decode_scan(gpt, variables, group, group_cond, step, None, None)  # (L, group)
 
     def grouped(x):  # (n, ...) -> (n_groups, group, ...), padding the last group with copies of sample 0
-      if x is None:
-        return None
       x = jnp.concatenate([x, jnp.broadcast_to(x[:1], (padded - n, *x.shape[1:]))]) if padded > n else x
       return x.reshape(n_groups, group, *x.shape[1:])
 
     firsts = jnp.arange(n_groups, dtype=jnp.int32) * group
-    tokens = jax.lax.map(decode_group, (firsts, grouped(cond_frames), grouped(labels)))  # (G, L, group)
+    tokens = jax.lax.map(decode_group, (firsts, jax.tree.map(grouped, cond)))  # (G, L, group)
     tokens = jnp.swapaxes(tokens, 1, 2).reshape(padded, gpt.seq_len)[:n]
     return tokens.reshape(n, *gpt.shape)
 
   return jax.jit(run)
 
 
-def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond_frames: jax.Array | None = None,
-           labels: jax.Array | None = None, temperature: float = 1.0, top_k: int | None = None,
+def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond: conditioning.Cond | None = None,
+           cond_frames: jax.Array | None = None, labels: jax.Array | None = None, temperature: float = 1.0,
+           top_k: int | None = None,
            top_p: float | None = None, group_size: int | None = None, platform: str | None = None) -> jax.Array:
   """Samples `n` code grids from the prior.
 
@@ -143,8 +142,9 @@ def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond_frames: jax
     variables: its variables (`params` and `codebook`).
     rng: PRNG key; the same key gives the same samples, whatever `group_size`.
     n: number of samples.
-    cond_frames: `(n, n_cond_frames, H, W, 3)` in [-0.5, 0.5], for a frame-conditional prior.
-    labels: `(n,)` int class labels, for a class-conditional prior.
+    cond: the conditioning mapping (`conditioning.make_cond`), batch n: `frames (n, n_cond_frames, H, W, 3)` in
+      [-0.5, 0.5] for a frame-conditional prior, `label (n,)` int for a class-conditional one.
+    cond_frames, labels: the keyword form of `cond` (the original's API), built into it by `make_cond`.
     temperature: softmax temperature (> 0), or 0 for greedy (argmax) decoding.
     top_k: keep only the k most likely codes at each step.
     top_p: keep only the nucleus of probability mass `top_p` in (0, 1].
@@ -165,42 +165,44 @@ def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond_frames: jax
     raise ValueError(f"sample: top_p must be in (0, 1], got {top_p}")
   if group_size is not None and not (isinstance(group_size, (int, np.integer)) and group_size >= 1):
     raise ValueError(f"sample: group_size must be a positive int or None, got {group_size!r}")
-  for name, x in (("cond_frames", cond_frames), ("labels", labels)):
-    if x is not None and x.shape[0] != n:
-      raise ValueError(f"sample: {name} has batch {x.shape[0]}, expected n={n}")
+  cond = _as_arrays(conditioning.as_cond(cond, cond_frames, labels))
+  for name, x in cond.items():
+    if x.shape[0] != n:
+      raise ValueError(f"sample: cond[{name!r}] has batch {x.shape[0]}, expected n={n}")
   group = min(int(n), int(group_size or default_group_size(gpt, int(n), platform or gpt.platform)))
   fn = _compiled_sampler(gpt, int(n), None if top_k is None else int(top_k), top_p is not None,
                          temperature == 0, group)
-  return fn(variables, rng, _maybe_array(cond_frames), _maybe_array(labels, jnp.int32),
-            jnp.float32(temperature if temperature else 1.0), jnp.float32(1.0 if top_p is None else top_p))
+  return fn(variables, rng, cond, jnp.float32(temperature if temperature else 1.0),
+            jnp.float32(1.0 if top_p is None else top_p))
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_teacher_forcing(gpt: GPT) -> Callable:
-  def run(variables, codes, cond_frames, labels):
+  def run(variables, codes, cond):
     batch = codes.shape[0]
     flat = codes.reshape(batch, -1).astype(jnp.int32)
 
     def step(carry, _, target, logits):
       return carry, target, logits
 
-    return _decode_scan(gpt, variables, batch, cond_frames, labels, step, None, flat.T)  # (L, B, K)
+    return _decode_scan(gpt, variables, batch, cond, step, None, flat.T)  # (L, B, K)
 
   return jax.jit(run)
 
 
-def step_logits(gpt: GPT, variables: Any, codes: jax.Array, *, cond_frames: jax.Array | None = None,
-                labels: jax.Array | None = None) -> jax.Array:
+def step_logits(gpt: GPT, variables: Any, codes: jax.Array, *, cond: conditioning.Cond | None = None,
+                cond_frames: jax.Array | None = None, labels: jax.Array | None = None) -> jax.Array:
   """Teacher-forced cached decoding: the logits of every step, `(L, B, K)` in raster order.
 
   Step i sees `codes` at positions < i through the KV caches, exactly as during sampling, so the result equals
-  the full forward's `logits.reshape(B, L, K)` transposed, up to float rounding.
+  the full forward's `logits.reshape(B, L, K)` transposed, up to float rounding. `cond` (or its keyword form
+  `cond_frames`, `labels`) as for `sample`.
   """
   codes = jnp.asarray(codes)
   if codes.ndim != 4 or tuple(codes.shape[1:]) != tuple(gpt.shape):
     raise ValueError(f"step_logits: codes must be (B, {', '.join(map(str, gpt.shape))}), got {codes.shape}")
-  return _compiled_teacher_forcing(gpt)(variables, codes.astype(jnp.int32), _maybe_array(cond_frames),
-                                        _maybe_array(labels, jnp.int32))
+  return _compiled_teacher_forcing(gpt)(variables, codes.astype(jnp.int32),
+                                        _as_arrays(conditioning.as_cond(cond, cond_frames, labels)))
 
 
 @functools.lru_cache(maxsize=16)
@@ -218,5 +220,5 @@ def decode_to_video(vqvae: Any, vqvae_variables: Any, codes: jax.Array) -> jax.A
   return _compiled_decoder(vqvae)(vqvae_variables, jnp.asarray(codes, jnp.int32))
 
 
-def _maybe_array(x: Any, dtype: Any = None) -> jax.Array | None:
-  return None if x is None else jnp.asarray(x, dtype)
+def _as_arrays(cond: dict[str, Any]) -> dict[str, jax.Array]:
+  return {k: jnp.asarray(v, jnp.int32 if k == "label" else None) for k, v in cond.items()}

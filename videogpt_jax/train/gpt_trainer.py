@@ -22,6 +22,7 @@ from absl import logging
 
 import videogpt_jax
 from videogpt_jax import sharding
+from videogpt_jax.models import conditioning
 from videogpt_jax.models import gpt as gpt_lib
 from videogpt_jax.models import sampling
 from videogpt_jax.train import common, encode_dataset, load, loop
@@ -58,10 +59,10 @@ def build_model(config: Any) -> gpt_lib.GPT:
 
 def _example_inputs(model: gpt_lib.GPT, batch: int = 1):
   codes = jnp.zeros((batch, *model.shape), jnp.int32)
-  cond = (jnp.zeros((batch, model.n_cond_frames, *model.frame_shape, 3), jnp.float32)
-          if model.n_cond_frames else None)
+  frames = (jnp.zeros((batch, model.n_cond_frames, *model.frame_shape, 3), jnp.float32)
+            if model.n_cond_frames else None)
   labels = jnp.zeros((batch,), jnp.int32) if model.class_cond_dim else None
-  return codes, cond, labels
+  return codes, conditioning.make_cond(frames, labels)
 
 
 def init_fn(config: Any, model: gpt_lib.GPT, tx: optax.GradientTransformation):
@@ -69,8 +70,8 @@ def init_fn(config: Any, model: gpt_lib.GPT, tx: optax.GradientTransformation):
   del config
 
   def init(rng):
-    codes, cond, labels = _example_inputs(model)
-    variables = model.init({"params": rng}, codes, cond, labels, deterministic=True)
+    codes, cond = _example_inputs(model)
+    variables = model.init({"params": rng}, codes, cond, deterministic=True)
     params = variables["params"]
     return common.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=tx.init(params),
                              model_state={"codebook": variables["codebook"]})
@@ -150,13 +151,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   def inputs(batch, vq_vars):
     codes = batch["codes"] if "codes" in batch else vqvae.apply(
         vq_vars, batch["video"], method=type(vqvae).encode_to_indices)
-    cond = batch.get("cond_frames") if n_cond else None
-    labels = batch.get("label") if model.class_cond_dim else None
-    return jax.lax.stop_gradient(codes), cond, labels
+    return jax.lax.stop_gradient(codes), model.cond_from_batch(batch)
 
   def loss_and_logits(params, state, batch, vq_vars, deterministic, rng):
-    codes, cond, labels = inputs(batch, vq_vars)
-    logits = model.apply({"params": params, **state.model_state}, codes, cond, labels,
+    codes, cond = inputs(batch, vq_vars)
+    logits = model.apply({"params": params, **state.model_state}, codes, cond,
                          deterministic=deterministic, rngs={"dropout": rng})
     per_clip = optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean(axis=(1, 2, 3))
     return per_clip
@@ -209,18 +208,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   def _samples(step, state, batch):
     n = int(config.num_samples)
-    cond = labels = None
+    cond = {}
     if n_cond or model.class_cond_dim:
       if batch is None or batch["video"].shape[0] < n:
         logging.warning("no eval batch of %d clips to condition samples on; skipping samples", n)
         return None
-      if n_cond:
-        cond = sharding.to_host(batch["cond_frames"])[:n]
-      if model.class_cond_dim:
-        labels = sharding.to_host(batch["label"])[:n]
+      cond = {k: sharding.to_host(v)[:n] for k, v in model.cond_from_batch(batch).items()}
     variables = {"params": state.params, **state.model_state}
-    codes = videogpt_jax.sample(model, variables, jax.random.fold_in(sample_rng, step), n,
-                                cond_frames=cond, labels=labels)
+    codes = videogpt_jax.sample(model, variables, jax.random.fold_in(sample_rng, step), n, cond=cond)
     video = sharding.to_host(sampling.decode_to_video(vqvae, vq_vars, codes))
     return video.astype(np.float32) / 255.0 - 0.5
 
