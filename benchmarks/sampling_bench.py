@@ -48,7 +48,7 @@ def make_window(gpt: GPT, batch: int, window: int):
   """`run(variables, p0) -> codes (window, B)`: greedy decoding of positions p0 .. p0 + window - 1 under one scan,
   with zero KV caches standing in for the earlier tokens (the work per step does not depend on their values)."""
   def run(variables, p0):
-    cond = gpt.apply(variables, None, None, batch, method=GPT.prepare_decode)
+    cond = gpt.apply(variables, {}, batch, method=GPT.prepare_decode)
 
     def body(carry, pos):
       cache, prev = carry
@@ -116,7 +116,7 @@ def run_workload(name: str, spec: dict[str, Any], args, matmul: float, deadline:
     return row
 
   # kind == "step": one dispatch per token, as a Python loop over `decode_step` would do.
-  cond = gpt.apply(variables, None, None, batch, method=GPT.prepare_decode)
+  cond = gpt.apply(variables, {}, batch, method=GPT.prepare_decode)
   cache = gpt.init_cache(batch)
   prev = jnp.zeros((batch,), jnp.int32)
   step = jax.jit(lambda v, p, pos, c, cd: gpt.apply(v, p, pos, c, cd, method=GPT.decode_step))

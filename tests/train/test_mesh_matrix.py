@@ -82,9 +82,8 @@ def _prior_setup(kind):
     return state.replace(params=treedef.unflatten(noisy))  # Adam's initial state does not depend on them.
 
   def loss_fn(params, model_state, batch, step):
-    logits = model.apply({"params": params, **model_state}, batch["codes"], batch.get("cond_frames"),
-                         batch.get("label"), deterministic=False,
-                         rngs={"dropout": jax.random.fold_in(rng, step)})
+    logits = model.apply({"params": params, **model_state}, batch["codes"], model.cond_from_batch(batch),
+                         deterministic=False, rngs={"dropout": jax.random.fold_in(rng, step)})
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["codes"]).mean(), model_state
 
   data = np.random.default_rng(0)

@@ -86,11 +86,10 @@ def gpt_step(config: ml_collections.ConfigDict, vqvae_config: ml_collections.Con
 
   def train_step(state, batch):
     codes = batch["codes"]
-    cond = batch.get("cond_frames")
-    labels = batch.get("label")
+    cond = model.cond_from_batch(batch)
 
     def loss_fn(params):
-      logits = model.apply({"params": params, **state.model_state}, codes, cond, labels, deterministic=False,
+      logits = model.apply({"params": params, **state.model_state}, codes, cond, deterministic=False,
                            rngs={"dropout": jax.random.fold_in(step_rng, state.step)})
       return optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
 
