@@ -8,6 +8,7 @@ import pytest
 
 from experiments import demo
 from experiments.configs import demo_moving_mnist
+from videogpt_jax.models import sliding_window
 
 
 def _config():
@@ -30,9 +31,33 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
   assert saved["train"]["vqvae"]["final_step"] == config.vqvae.total_steps
   assert saved["train"]["gpt"]["final_step"] == config.gpt.total_steps
 
-  gif = iio.imread(tmp_path / "samples.gif", index=None)
+  # Sample quality: every candidate scored per continuation frame (1..T-1), plus the motion score.
   t, res, n = config.vqvae.data.seq_len, config.vqvae.data.resolution, config.num_clips
+  assert saved["test_clips"] == config.eval_clips and saved["frames_scored"] == list(range(1, t))
+  assert set(saved["scores"]) == set(demo.CANDIDATES) | {"real"}
+  for name in demo.CANDIDATES:
+    s = saved["scores"][name]
+    assert len(s["psnr"]) == len(s["ssim"]) == t - 1, name
+    assert all(0 < p <= 60 for p in s["psnr"]) and all(-1 <= v <= 1 for v in s["ssim"]), name
+    assert s["motion_fd"] >= 0 and s["speed"] >= 0, name
+  # Copying frame 0 never moves the digit: zero speed, a positive distance to the real trajectories.
+  assert saved["scores"]["copy_first"]["speed"] == 0 and saved["scores"]["copy_first"]["motion_fd"] > 0
+  assert saved["scores"]["real"]["speed"] > 0
+  long = saved["samples_long"]
+  assert long["frames"] == 2 * t and len(long["psnr"]) == len(long["ssim"]) == 2 * t - 1
+  latent_t = t // config.vqvae.model.downsample[0]
+  assert long["windows"] == sliding_window.num_windows(latent_t, 2 * latent_t, config.long_overlap) > 1
+  table = demo.report(saved)
+  assert all(label in table for label in demo.CANDIDATES.values())
+
+  gif = iio.imread(tmp_path / "samples.gif", index=None)
   assert gif.shape[:3] == (t, 3 * res + 2 * 2, n * res + (n - 1) * 2)  # real | reconstruction | sample rows
+  long_gif = iio.imread(tmp_path / "samples_long.gif", index=None)
+  assert long_gif.shape[:3] == (2 * t, 2 * res + 2, n * res + (n - 1) * 2)  # real | 2x-length sample rows
+  still = iio.imread(tmp_path / "samples.png")
+  k, scale = config.still_clips, config.still_scale
+  # k blocks of 3 rows (real | reconstruction | sample), every other frame of the 2x length as columns.
+  assert still.shape[:2] == (scale * (k * (3 * res + 2 * 2) + (k - 1) * 4), scale * (t * res + (t - 1) * 2))
   assert (tmp_path / "samples.mp4").stat().st_size > 0
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
   assert (tmp_path / "vqvae" / "metrics.jsonl").exists() and (tmp_path / "gpt" / "metrics.jsonl").exists()

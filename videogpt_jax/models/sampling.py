@@ -7,6 +7,9 @@ inside one `jax.jit`): `GPT.decode_step` writes the step's key/value into fixed-
 values `(B, heads, L, d)`, and why). Compiled functions are cached per (module, static arguments), so repeated
 calls do not retrace.
 
+`sample(..., prefix=codes)` teacher-forces the first positions: their codes are copied from `prefix` (through the
+same KV caches) and only the rest are drawn, which is how `sliding_window` continues a video past the prior's clip.
+
 `step_logits` runs the same decode loop teacher-forced with given codes and returns every step's logits; it
 equals the full forward up to float rounding, which is how the cached path is tested.
 """
@@ -98,13 +101,14 @@ def gumbel_noise(rng: jax.Array, positions: jax.Array, sample_ids: jax.Array, n_
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, greedy: bool, group: int) -> Callable:
+def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, greedy: bool, group: int,
+                      prefix_len: int = 0) -> Callable:
   n_groups = -(-n // group)
   padded = n_groups * group
 
-  def run(variables, rng, cond, temperature, top_p):
+  def run(variables, rng, cond, temperature, top_p, prefix):
     def decode_group(args):
-      first, group_cond = args
+      first, group_cond, group_prefix = args
       sample_ids = first + jnp.arange(group, dtype=jnp.int32)
 
       def step(carry, pos, _, logits):
@@ -115,6 +119,9 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
           noise = gumbel_noise(rng, pos[None], sample_ids, gpt.n_codes)[0]
           tokens = jnp.argmax(logits.astype(jnp.float32) / temperature + noise, axis=-1)
         tokens = tokens.astype(jnp.int32)
+        if prefix_len:  # known positions are copied, not drawn
+          known = jax.lax.dynamic_index_in_dim(group_prefix, jnp.minimum(pos, prefix_len - 1), 1, keepdims=False)
+          tokens = jnp.where(pos < prefix_len, known, tokens)
         return carry, tokens, tokens
 
       return _decode_scan(gpt, variables, group, group_cond, step, None, None)  # (L, group)
@@ -124,7 +131,8 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
       return x.reshape(n_groups, group, *x.shape[1:])
 
     firsts = jnp.arange(n_groups, dtype=jnp.int32) * group
-    tokens = jax.lax.map(decode_group, (firsts, jax.tree.map(grouped, cond)))  # (G, L, group)
+    tokens = jax.lax.map(decode_group, (firsts, jax.tree.map(grouped, cond),
+                                        grouped(prefix) if prefix_len else None))  # (G, L, group)
     tokens = jnp.swapaxes(tokens, 1, 2).reshape(padded, gpt.seq_len)[:n]
     return tokens.reshape(n, *gpt.shape)
 
@@ -134,7 +142,8 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
 def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond: conditioning.Cond | None = None,
            cond_frames: jax.Array | None = None, labels: jax.Array | None = None, temperature: float = 1.0,
            top_k: int | None = None,
-           top_p: float | None = None, group_size: int | None = None, platform: str | None = None) -> jax.Array:
+           top_p: float | None = None, group_size: int | None = None, platform: str | None = None,
+           prefix: jax.Array | None = None) -> jax.Array:
   """Samples `n` code grids from the prior.
 
   Args:
@@ -151,6 +160,9 @@ def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond: conditioni
     group_size: samples decoded together (None: `default_group_size` for `platform`, i.e. all of them on
       accelerators and as many as keep the KV caches in the CPU's cache on CPU).
     platform: the chip the sampler is for, choosing the default `group_size` (None: `gpt.platform`).
+    prefix: `(n, P)` int codes of the first `P` raster positions (`P <= t*h*w`; e.g. the first latent frames
+      flattened), copied into the result instead of drawn; the rest is drawn given them. A position's noise does
+      not depend on `prefix`, so a prefix equal to the start of a sample with the same key gives that sample.
 
   Returns:
     codes `(n, t, h, w)` int32.
@@ -169,11 +181,14 @@ def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond: conditioni
   for name, x in cond.items():
     if x.shape[0] != n:
       raise ValueError(f"sample: cond[{name!r}] has batch {x.shape[0]}, expected n={n}")
+  if prefix is not None and (prefix.ndim != 2 or prefix.shape[0] != n or not 1 <= prefix.shape[1] <= gpt.seq_len):
+    raise ValueError(f"sample: prefix must be (n={n}, P) with 1 <= P <= {gpt.seq_len}, got {prefix.shape}")
   group = min(int(n), int(group_size or default_group_size(gpt, int(n), platform or gpt.platform)))
-  fn = _compiled_sampler(gpt, int(n), None if top_k is None else int(top_k), top_p is not None,
-                         temperature == 0, group)
+  # Without a prefix the cache key is the one it always was (callers and tests look compiled samplers up by it).
+  static = (gpt, int(n), None if top_k is None else int(top_k), top_p is not None, temperature == 0, group)
+  fn = _compiled_sampler(*static, *(() if prefix is None else (int(prefix.shape[1]),)))
   return fn(variables, rng, cond, jnp.float32(temperature if temperature else 1.0),
-            jnp.float32(1.0 if top_p is None else top_p))
+            jnp.float32(1.0 if top_p is None else top_p), None if prefix is None else jnp.asarray(prefix, jnp.int32))
 
 
 @functools.lru_cache(maxsize=64)

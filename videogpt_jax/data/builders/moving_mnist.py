@@ -30,7 +30,7 @@ _N_TRAIN_DIGITS = 4000
 _SPLIT_IDS = {"train": 0, "test": 1}
 
 _INSTRUCTIONS = f"""
-The generated configs (`default`, `tiny`) need no download. For the config `official`, download
+The generated configs (`default`, `small`, `one_digit`, `tiny`) need no download. For the config `official`, download
 http://www.cs.toronto.edu/~nitish/unsupervised_video/{OFFICIAL_FILE} and place it at `<manual_dir>/{OFFICIAL_FILE}`.
 """
 
@@ -103,8 +103,10 @@ class MovingMnist(_common.SkipLogMixin, tfds.core.GeneratorBasedBuilder, skip_re
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   BUILDER_CONFIGS = [
       MovingMnistConfig(name="default", description="10,000 train / 1,000 test sequences of 20 frames."),
-      MovingMnistConfig(name="small", description="2,000 train / 256 test sequences of 20 frames (the demo).",
+      MovingMnistConfig(name="small", description="2,000 train / 256 test sequences of 20 frames.",
                         num_train=2_000, num_test=256),
+      MovingMnistConfig(name="one_digit", description="4,000 train / 256 test sequences of 16 frames, one digit "
+                        "each (the demo).", num_train=4_000, num_test=256, seq_len=16, n_digits=1),
       MovingMnistConfig(name="tiny", description="32 train / 16 test sequences of 20 frames (tests, demos).",
                         num_train=32, num_test=16),
       MovingMnistConfig(name="official", description=f"The published {OFFICIAL_FILE} as a `test` split.",
