@@ -28,7 +28,6 @@ from ml_collections import config_flags
 
 from experiments import demo_metrics, launch
 from videogpt_jax import sharding, visualize
-from videogpt_jax.evaluation import protocols
 from videogpt_jax.models import sampling, sliding_window
 from videogpt_jax.train import common, encode_dataset, gpt_trainer, load, vqvae_trainer
 
@@ -103,9 +102,9 @@ def run(config, workdir: str | os.PathLike) -> dict:
   gpt, gpt_vars, _ = load.load_gpt(workdir / "gpt", mesh=mesh)
   max_batches = int(config.eval_batches) or None
   eval_iter = lambda: common.make_eval_iterator(config.gpt, mesh, builder, n_cond_frames=n_cond)  # noqa: E731
-  recon = protocols.evaluate_reconstruction(vqvae, vq_vars, eval_iter(), max_batches=max_batches)
-  bpd = protocols.evaluate_bits_per_dim(gpt, gpt_vars, vqvae, vq_vars, eval_iter(), n_cond_frames=n_cond,
-                                        max_batches=max_batches)
+  recon, _ = reconstruction.evaluate((vqvae, vq_vars), base.limited(eval_iter(), max_batches, "reconstruction"))
+  bpd = bits_per_dim.evaluate((gpt, gpt_vars), (vqvae, vq_vars),
+                              base.limited(eval_iter(), max_batches, "bits_per_dim"))
   timings["eval_s"] = time.perf_counter() - t0
 
   _banner(6, n_stages, "samples and baselines on the test split")

@@ -14,14 +14,20 @@ r"""Evaluates trained VideoGPT models with the paper's protocols; prints the met
   # bits/dim of the prior on the test split
   python -m experiments.evaluate --protocol=bits_per_dim --gpt_workdir=/tmp/gpt_bair --output=...
 
+  # A VQ-VAE imported with `python -m videogpt_jax.convert` (its config names no dataset)
+  python -m experiments.evaluate --protocol=reconstruction --vqvae_workdir=/ckpt/bair_vqvae --dataset=bair
+
   # UCF-101 Inception Score (C3D weights and mean clip: see videogpt_jax/evaluation/c3d.py)
   python -m experiments.evaluate --protocol=inception_score --gpt_workdir=/tmp/gpt_ucf101 \
       --c3d_weights=conv3d_deepnetA_ucf.npz --c3d_mean=mean2.npz --num_samples=10000 --output=...
 
-The VQ-VAE defaults to the one named in the prior's config; the data (dataset, data_dir, clip length and
-resolution) to the model's saved config (`--data_dir`, `--split` override it). The real clips' I3D logits of every
-FVD trial are cached under `--cache_dir`, so a re-run (other checkpoint, other sampling settings) only computes the
-samples' features. Everything runs in jitted, fixed-size batches split over the `--mesh`.
+`--protocol` is any evaluator of `videogpt_jax/evaluation/evaluators/` (the ones the trainers run from
+`config.evals`). The VQ-VAE defaults to the one named in the prior's config; the data (dataset, data_dir, clip
+length and resolution) to the model's saved config (`--dataset`, `--data_dir`, `--split` override it). FVD's real
+set is the split's first `--clips_per_trial` clips, the same for every trial (each trial draws new samples); their
+I3D logits are computed once and cached under `--cache_dir`, so a re-run (other checkpoint, other sampling
+settings) only computes the samples' features. Evaluators that make videos (`samples`, `reconstruction`) write them
+as GIFs beside `--output`. Everything runs in jitted, fixed-size batches split over the `--mesh`.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ import sys
 from absl import flags, logging
 
 from experiments import launch
-from videogpt_jax import cli
+from videogpt_jax import cli, visualize
 from videogpt_jax.evaluation import runner
 from videogpt_jax.train import common, config_checks
 
@@ -49,17 +55,21 @@ flags.DEFINE_string("gpt_workdir", None, "Workdir of a train_gpt.py run (fvd, fv
                     "inception_score).", **_OWN)
 flags.DEFINE_integer("vqvae_step", None, "Checkpoint step of the VQ-VAE (default: latest).", **_OWN)
 flags.DEFINE_integer("gpt_step", None, "Checkpoint step of the prior (default: latest).", **_OWN)
+flags.DEFINE_string("dataset", None, "Dataset as `name` or `name/builder_config` (default: the model config's; "
+                    "required for a converted checkpoint, whose config names none).", **_OWN)
 flags.DEFINE_string("split", None, "Dataset split (default: the config's eval_split, usually 'test').", **_OWN)
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the one in the model's config).", **_OWN)
 flags.DEFINE_integer("window_stride", None, "Evaluate every seq_len-frame window at this stride of each video "
                      "(1: VideoGPT's UCF-101 protocol); default: one clip (the first frames) per video.", **_OWN)
-flags.DEFINE_integer("n_trials", 1, "FVD: number of trials (the result is mean +- std over them).", **_OWN)
-flags.DEFINE_integer("clips_per_trial", 256, "FVD: real clips (and as many samples) per trial.", **_OWN)
+flags.DEFINE_integer("n_trials", 1, "FVD: number of trials, each with new samples for the same real clips (the "
+                     "result is mean +- std over them).", **_OWN)
+flags.DEFINE_integer("clips_per_trial", 256, "FVD: the real set (the split's first clips) and the samples drawn per "
+                     "trial (BAIR: all 256 test clips).", **_OWN)
 flags.DEFINE_integer("batch_size", 32, "Global batch for data, sampling and the VQ-VAE; divisible by the mesh's "
                      "data x fsdp.", **_OWN)
 flags.DEFINE_integer("max_batches", 0, "reconstruction, bits_per_dim: at most this many batches (0: the split).",
                      **_OWN)
-flags.DEFINE_integer("num_samples", 10_000, "inception_score: number of samples.", **_OWN)
+flags.DEFINE_integer("num_samples", 10_000, "inception_score, samples: number of samples.", **_OWN)
 flags.DEFINE_integer("is_splits", 10, "inception_score: number of splits (mean +- std over them).", **_OWN)
 flags.DEFINE_bool("r_fvd", False, "reconstruction: also R-FVD (FVD of reconstructions against inputs; I3D).",
                   **_OWN)
@@ -112,6 +122,16 @@ def summary(result: dict) -> str:
   return "\n".join(lines)
 
 
+def write_video(output: str, protocol: str, name: str, video) -> str:
+  """`video` (a `(B, T, H, W, 3)` array in [-0.5, 0.5] or a list of such rows) as an animated GIF beside
+  `output`: `<output without .json>.<protocol>_<name>.gif`."""
+  rows = video if isinstance(video, (list, tuple)) else [video]
+  path = f"{os.path.splitext(output)[0]}.{protocol}_{name}.gif"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  visualize.write_gif(path, visualize.comparison_grid([visualize.to_uint8(r) for r in rows]))
+  return path
+
+
 def main(argv):
   cli.no_extra_args(argv)
   settings = settings_from_flags()
@@ -129,9 +149,13 @@ def main(argv):
   result = runner.evaluate(settings)
   if not common.is_main_process():
     return
+  videos = result.pop("videos", {})
   result = _finite(result)
   print(summary(result), flush=True)
   if output:
+    for name, video in videos.items():
+      path = write_video(output, result["protocol"], name, video)
+      print(f"wrote {path}", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     tmp = output + ".tmp"
     with open(tmp, "w") as f:

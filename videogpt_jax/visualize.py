@@ -12,9 +12,16 @@ from typing import Sequence
 import numpy as np
 
 
-def to_uint8(video: np.ndarray) -> np.ndarray:
-  """`[-0.5, 0.5]` floats -> uint8 (clipped like the original's sampler: clip, +0.5, x255)."""
-  return np.round((np.clip(np.asarray(video, np.float32), -0.5, 0.5) + 0.5) * 255.0).astype(np.uint8)
+def to_uint8(video: np.ndarray, *, truncate: bool = False) -> np.ndarray:
+  """`[-0.5, 0.5]` floats -> uint8: clip to [-0.5, 0.5], `(x + 0.5) * 255`, then round to nearest (default) or
+  truncate.
+
+  Rounding is the exact inverse of the data pipeline's `u8 / 255 - 0.5`. Truncation (`truncate=True`) is what the
+  original does before FVD (`.astype('uint8')`, an exact 0.0 becomes 127); FVD uses it so that its numbers are the
+  original's, on real clips, reconstructions and samples alike.
+  """
+  x = (np.clip(np.asarray(video, np.float32), -0.5, 0.5) + 0.5) * 255.0
+  return (x if truncate else np.round(x)).astype(np.uint8)
 
 
 def comparison_grid(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:

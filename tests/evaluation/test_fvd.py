@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests import fixtures
+from videogpt_jax import visualize
 from videogpt_jax.evaluation import features_cache
 from videogpt_jax.evaluation import fvd
 
@@ -99,9 +100,14 @@ def test_compute_fvd(tiny):
   assert d > 0 and d == pytest.approx(fvd.compute_fvd(None, fake, i3d=tiny, batch_size=4, real_logits=logits))
 
 
-def test_to_uint8_truncates_like_the_original():
+def test_to_uint8_for_fvd_truncates_like_the_original():
   x = np.array([-0.5, -0.6, 0.0, 0.5, 0.7, 0.499], np.float32)
-  np.testing.assert_array_equal(fvd.to_uint8(x), [0, 0, 127, 255, 255, 254])
+  np.testing.assert_array_equal(visualize.to_uint8(x, truncate=True), [0, 0, 127, 255, 255, 254])
+  np.testing.assert_array_equal(visualize.to_uint8(x), [0, 0, 128, 255, 255, 255])  # pictures round
+  # Rounding inverts the data pipeline's u8 / 255 - 0.5 exactly; truncation (the original's FVD) loses a level on
+  # some values, on real clips and samples alike.
+  u8 = np.arange(256, dtype=np.uint8)
+  np.testing.assert_array_equal(visualize.to_uint8(u8.astype(np.float32) / 255.0 - 0.5), u8)
 
 
 def test_features_cache(tmp_path):

