@@ -4,6 +4,7 @@ Videos here are uint8 `(N, T, H, W, 3)`; float videos in [-0.5, 0.5] go through 
 """
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import warnings
@@ -40,13 +41,20 @@ def comparison_grid(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:
   return out
 
 
+def gif_bytes(frames: np.ndarray, fps: int = 4) -> bytes:
+  """`(T, H, W, 3)` uint8 frames as the bytes of a looping animated GIF."""
+  from PIL import Image
+  images = [Image.fromarray(f) for f in np.asarray(frames, np.uint8)]
+  buffer = io.BytesIO()
+  images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+  return buffer.getvalue()
+
+
 def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: int = 4) -> pathlib.Path:
   """Writes `(T, H, W, 3)` uint8 frames as a looping GIF, atomically (a temporary file, then rename)."""
-  from PIL import Image
   path = pathlib.Path(path)
-  images = [Image.fromarray(f) for f in np.asarray(frames, np.uint8)]
   tmp = path.with_name(path.name + ".tmp")
-  images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+  tmp.write_bytes(gif_bytes(frames, fps))
   os.replace(tmp, path)
   return path
 

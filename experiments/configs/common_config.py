@@ -23,8 +23,12 @@ def _base() -> ml_collections.ConfigDict:
   config.compute_dtype = "float32"  # "bfloat16": bf16 compute over float32 parameters
   config.remat = "none"  # "dots" | "full": rematerialise the loss's forward pass with that policy
   config.log_every = 50
+  # Evaluators (videogpt_jax/evaluation/evaluators/<name>.py) run every `eval_every` steps and at the last step;
+  # `eval_options.<name>` holds that evaluator's keyword options, `every` its own period (see evaluation/suite.py).
+  config.evals = ()
+  config.eval_options = ml_collections.ConfigDict()
   config.eval_every = 5_000
-  config.eval_batches = 8  # 0: the whole eval split
+  config.eval_batches = 8  # 0: the whole eval split (evaluators that take max_batches)
   config.checkpoint_every = 1_000
   config.keep_checkpoints = 3
   config.best_metric = "loss"  # kept beside the last `keep_checkpoints` (train loss at the save step)
@@ -38,7 +42,9 @@ def _base() -> ml_collections.ConfigDict:
 
 
 def vqvae_base() -> ml_collections.ConfigDict:
-  return _base()
+  config = _base()
+  config.evals = ("reconstruction",)
+  return config
 
 
 def gpt_base() -> ml_collections.ConfigDict:
@@ -47,8 +53,10 @@ def gpt_base() -> ml_collections.ConfigDict:
   config.vqvae_step = -1  # -1: its latest checkpoint
   config.codes_path = ""  # optional: codes pre-encoded by `videogpt_jax.train.encode_dataset` (else on the fly)
   config.best_metric = "loss"
-  config.sample_every = 10_000  # 0: no samples
-  config.num_samples = 8
+  # Test bits/dim every eval_every steps; TensorBoard samples every 10k (conditioned on test clips if conditional).
+  # FVD during training: add "fvd" (clips of >= 9 frames; options as experiments.evaluate's flags of that name).
+  config.evals = ("bits_per_dim", "samples")
+  config.eval_options = ml_collections.ConfigDict({"samples": {"every": 10_000, "num_samples": 8}})
   return config
 
 
@@ -87,5 +95,4 @@ def gpt_runlocal(config: ml_collections.ConfigDict, dataset: str = "moving_mnist
   config.eval_every = 30
   config.eval_batches = 1
   config.checkpoint_every = 10
-  config.sample_every = 30
-  config.num_samples = 2
+  config.eval_options.samples = ml_collections.ConfigDict({"num_samples": 2})  # every eval_every steps

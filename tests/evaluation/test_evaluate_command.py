@@ -1,4 +1,5 @@
-"""`experiments/evaluate.py` end to end on the tiny Moving MNIST configs: flags, every protocol, the feature cache.
+"""`experiments/evaluate.py` end to end on the tiny Moving MNIST configs: flags, every protocol, the feature cache,
+a converted checkpoint directory.
 
 The slow tests share a VQ-VAE and a frame-conditional prior (1 conditioning frame: the BAIR protocol) trained for
 two steps by the real trainers on 16-frame 16x16 clips (I3D needs >= 9 frames, C3D exactly 16). The fast ones use
@@ -22,10 +23,14 @@ from absl import app, flags
 
 from experiments import evaluate
 from experiments.configs import gpt_moving_mnist, vqvae_moving_mnist
+from tests import fixtures
+from tests.convert.test_converted_workdirs import _lightning
 from tests.evaluation.test_c3d import _write_chainer_npz
-from videogpt_jax import sharding
+from videogpt_jax import inference, sharding
+from videogpt_jax.convert.__main__ import convert
 from videogpt_jax.evaluation import fvd
-from videogpt_jax.train import common, load
+from videogpt_jax.evaluation.evaluators import fvd as fvd_eval
+from videogpt_jax.train import common
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SEQ_LEN = 16
@@ -89,7 +94,7 @@ def trained(tmp_path_factory):
   vqvae_trainer.train_and_evaluate(vq_config, root / "vqvae")
   gpt_config = _tiny(gpt_moving_mnist.get_config("runlocal"), root / "data")
   gpt_config.vqvae_workdir = str(root / "vqvae")
-  gpt_config.sample_every = 0
+  gpt_config.eval_options.samples.every = 0
   gpt_config.model.n_cond_frames = 1
   gpt_trainer.train_and_evaluate(gpt_config, root / "gpt")
   return {"root": root, "vqvae": root / "vqvae", "gpt": root / "gpt", "vq_config": vq_config,
@@ -109,7 +114,7 @@ def fake_workdir(tmp_path):
 @pytest.mark.parametrize("flag_values, message", [
     (dict(protocol="fvd"), "--gpt_workdir is required"),
     (dict(protocol="reconstruction"), "--vqvae_workdir is required"),
-    (dict(protocol="bits_per_dim", gpt_workdir="/nonexistent/run"), "--gpt_workdir=/nonexistent/run: no training"),
+    (dict(protocol="bits_per_dim", gpt_workdir="/nonexistent/run"), "--gpt_workdir=/nonexistent/run: no checkpoints"),
     (dict(protocol="reconstruction", vqvae_workdir="RUN", batch_size=0), "--batch_size must be >= 1"),
     (dict(protocol="reconstruction", vqvae_workdir="RUN", max_batches=-1), "--max_batches must be >= 0"),
     (dict(protocol="reconstruction", vqvae_workdir="RUN", mesh="2,2"), "--mesh must be 3 integers"),
@@ -151,7 +156,7 @@ def test_reconstruction_on_eight_devices_matches_a_direct_evaluation(untrained_v
   m = out["metrics"]
   assert m["n_videos"] == 8
   # The same clips through the restored model on one device, metrics written out here.
-  module, variables, _ = load.load_vqvae(workdir)
+  module, variables, _ = inference.load_vqvae(workdir)
   video = first_batch(config, 8)["video"].astype(np.float64)
   forward = jax.jit(lambda v: module.apply(variables, v, train=False)[0])
   recon = np.asarray(forward(video.astype(np.float32)), np.float64)
@@ -165,6 +170,35 @@ def test_reconstruction_on_eight_devices_matches_a_direct_evaluation(untrained_v
     run_command(protocol="reconstruction", vqvae_workdir=str(workdir), split="validation",
                 output=str(tmp_path / "bad.json"))
   assert "--split=validation: dataset moving_mnist has splits ['test', 'train']" in capsys.readouterr().err
+
+
+def test_reconstruction_of_a_converted_checkpoint_directory(untrained_vqvae, tmp_path, capsys):
+  """A directory written by `videogpt_jax.convert` is a model directory: its config names no dataset, so
+  `--dataset` gives it, and the metrics are those of the converted model on those clips."""
+  pytest.importorskip("torch")
+  z, meta = fixtures.load("vqvae_small.npz")
+  _lightning(fixtures.state_dict(z), dict(meta["hparams"]["args"]), tmp_path / "vqvae.ckpt")
+  converted = convert(tmp_path / "vqvae.ckpt", tmp_path / "converted", kind="vqvae")
+  assert not (converted / "checkpoints").exists()
+  data_dir = untrained_vqvae[1].data.data_dir
+  with pytest.raises(SystemExit):
+    run_command(protocol="reconstruction", vqvae_workdir=str(converted), data_dir=data_dir, batch_size=8,
+                output=str(tmp_path / "none.json"))
+  assert f"--dataset is required: the config saved in {converted} names no dataset" in capsys.readouterr().err
+  out = run_command(protocol="reconstruction", vqvae_workdir=str(converted), dataset="moving_mnist/tiny",
+                    data_dir=data_dir, batch_size=8, max_batches=1, output=str(tmp_path / "recon.json"))
+  assert out["models"]["vqvae_step"] == 0 and out["data"]["dataset"] == "moving_mnist"
+  assert out["data"]["seq_len"] == 8 and out["data"]["resolution"] == 32  # the original's hyper-parameters
+  module, variables, config = inference.load_vqvae(converted)
+  config.data.update(name="moving_mnist", builder_config="tiny", data_dir=data_dir)
+  video = first_batch(config, 8)["video"].astype(np.float64)
+  recon = np.asarray(jax.jit(lambda v: module.apply(variables, v, train=False)[0])(video.astype(np.float32)),
+                     np.float64)
+  assert out["metrics"]["n_videos"] == 8
+  assert out["metrics"]["mse"] == pytest.approx(np.mean((recon - video) ** 2), rel=1e-4)
+  assert out["metrics"]["nmse"] == pytest.approx(np.mean((recon - video) ** 2) / video.var(), rel=1e-4)
+  gif = tmp_path / "recon.reconstruction_reconstructions.gif"  # originals above reconstructions
+  assert gif.exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,25 +219,25 @@ def test_fvd_conditions_on_real_frames_and_reuses_cached_real_features(trained, 
                       batch_size=4, num_devices=4, i3d_batch_size=2, cache_dir=str(cache))
   first = run_command(output=str(tmp_path / "fvd1.json"), **common_flags)
   m = first["metrics"]
-  assert len(calls) == 4  # per trial: real clips and samples
-  assert m["n_cond_frames"] == 1 and m["real_features_cached"] == [False, False]
+  assert len(calls) == 3  # the real clips once, then each trial's samples
+  assert m["n_cond_frames"] == 1 and m["real_features_cached"] is False
   assert len(m["fvd_trials"]) == 2 and all(math.isfinite(v) and v >= 0 for v in m["fvd_trials"])
   assert m["fvd"] == pytest.approx(np.mean(m["fvd_trials"])) and m["fvd_std"] == pytest.approx(
       np.std(m["fvd_trials"]))
   assert first["models"]["vqvae_workdir"] == str(trained["vqvae"])  # taken from the prior's config
   files = sorted(cache.glob("features_*.npz"))
-  assert len(files) == 2
+  assert len(files) == 1
   mtimes = [f.stat().st_mtime_ns for f in files]
 
   calls.clear()
   second = run_command(output=str(tmp_path / "fvd2.json"), **common_flags)
   assert len(calls) == 2  # only the samples
-  assert second["metrics"]["real_features_cached"] == [True, True]
+  assert second["metrics"]["real_features_cached"] is True
   assert [f.stat().st_mtime_ns for f in sorted(cache.glob("features_*.npz"))] == mtimes
   assert second["metrics"]["fvd_trials"] == pytest.approx(m["fvd_trials"], rel=1e-6)  # same seed, same samples
 
   with pytest.raises(SystemExit):  # the tiny test split has 16 clips
-    run_command(output=str(tmp_path / "fvd3.json"), **dict(common_flags, n_trials=9))
+    run_command(output=str(tmp_path / "fvd3.json"), **dict(common_flags, clips_per_trial=17))
 
 
 @pytest.mark.slow
@@ -216,7 +250,8 @@ def test_fvd_star_against_reconstructions(trained, tmp_path):
   assert math.isfinite(m["fvd_star"]) and m["fvd_star"] >= 0
   with np.load(next((tmp_path / "cache").glob("features_*.npz"))) as z:
     key = json.loads(str(z["key"]))
-  assert key["clips"] == "vqvae_reconstructions" and key["vqvae_step"] == 2
+  vq_vars = inference.load_vqvae(trained["vqvae"], 2)[1]
+  assert key["clips"] == "vqvae_reconstructions" and key["vqvae"] == fvd_eval.fingerprint(vq_vars)
 
 
 @pytest.mark.slow
@@ -243,8 +278,8 @@ def test_bits_per_dim_as_a_subprocess(trained, tmp_path):
   m = json.loads(output.read_text())["metrics"]
   assert m["n_videos"] == 8 and m["n_cond_frames"] == 1
   # The prior's cross-entropy on the codes of the same clips, given their first frame, computed here.
-  gpt, gpt_vars, gpt_config = load.load_gpt(trained["gpt"])
-  vqvae, vq_vars, _ = load.load_vqvae(trained["vqvae"])
+  gpt, gpt_vars, gpt_config = inference.load_gpt(trained["gpt"])
+  vqvae, vq_vars, _ = inference.load_vqvae(trained["vqvae"])
   batch = first_batch(gpt_config, 8, n_cond_frames=1)
   codes = vqvae.apply(vq_vars, batch["video"], method=type(vqvae).encode_to_indices)
   logits = gpt.apply(gpt_vars, codes, gpt.cond_from_batch(batch), deterministic=True)

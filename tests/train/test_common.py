@@ -46,16 +46,11 @@ def test_optimizer_is_clipped_adam_on_the_schedule():
   assert len(common.make_optimizer(_config(grad_clip=0.0)).init(params)) == 1
 
 
-def test_progress_line_and_video_grid():
+def test_progress_line():
   progress = common.Progress(total_steps=100, items_per_step=16, item_name="clips", start_step=0)
   text, rates = progress.line(10, {"loss": 1.5})
   assert text.startswith("step 10/100 | loss 1.5 | ") and "steps/s" in text and "clips/s" in text
   assert "ETA " in text and rates["clips_per_sec"] == pytest.approx(16 * rates["steps_per_sec"])
-  video = np.zeros((2, 3, 4, 5, 3), np.float32) - 0.5
-  video[1, 2] = 0.5  # second clip, third frame: white
-  grid = common.video_grid(video)
-  assert grid.shape == (2 * 4, 3 * 5, 3) and grid.dtype == np.uint8
-  assert grid[4:, 10:].min() == 255 and grid[:4].max() == 0 and grid[4:, :10].max() == 0
 
 
 def test_first_non_finite():
@@ -167,11 +162,17 @@ def test_sigterm_saves_and_stops_at_the_next_step(tmp_path):
   assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
 
 
-def test_summary_writer_writes_tensorboard_scalars_and_video_grids(tmp_path):
+def test_summary_writer_writes_tensorboard_scalars_and_animated_videos(tmp_path):
+  import io
+
   import tensorflow as tf
+  from PIL import Image, ImageSequence
   writer = common.SummaryWriter(str(tmp_path))
   writer.scalars(3, {"train/loss": 1.25})
-  writer.videos(3, "samples", np.zeros((2, 3, 4, 5, 3), np.float32))
+  video = np.zeros((2, 3, 4, 5, 3), np.float32) - 0.5
+  video[1, 2] = 0.5  # second clip, third frame: white
+  writer.videos(3, "samples", video)
+  writer.videos(3, "rows", [video, video])  # two rows of two clips
   writer.flush()
   (events,) = tmp_path.glob("events.out.tfevents.*")
   seen = {}
@@ -180,8 +181,14 @@ def test_summary_writer_writes_tensorboard_scalars_and_video_grids(tmp_path):
       seen[value.tag] = (event.step, value.metadata.plugin_data.plugin_name, tf.make_ndarray(value.tensor))
   assert seen["train/loss"][:2] == (3, "scalars") and float(seen["train/loss"][2]) == 1.25
   step, plugin, tensor = seen["samples"]
-  assert (step, plugin) == (3, "images") and tensor[0] == b"15" and tensor[1] == b"8"  # width T*W, height B*H
-  assert tf.io.decode_png(tensor[2]).shape == (8, 15, 3)
+  # One animated GIF: 3 frames of the 2 clips side by side (2-pixel white gap), as TensorBoard's images plugin
+  # plays it.
+  assert (step, plugin) == (3, "images") and tensor[0] == b"12" and tensor[1] == b"4"
+  gif = Image.open(io.BytesIO(tensor[2]))
+  frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)]
+  assert gif.format == "GIF" and len(frames) == 3 and frames[0].shape == (4, 12, 3)
+  assert frames[2][:, 7:].min() == 255 and frames[2][:, :5].max() == 0 and frames[1][:, 7:].max() == 0
+  assert seen["rows"][2][0] == b"12" and seen["rows"][2][1] == b"10"  # two rows of height 4, 2-pixel gap
   assert common.SummaryWriter(None)._writer is None
 
 

@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from videogpt_jax import checkpointing
 from videogpt_jax import sharding
+from videogpt_jax import visualize
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -177,15 +178,8 @@ class Progress:
     return text, {"steps_per_sec": rate, f"{self.item_name}_per_sec": rate * self.items_per_step}
 
 
-def video_grid(video: np.ndarray, max_videos: int = 8) -> np.ndarray:
-  """`(B, T, H, W, 3)` in [-0.5, 0.5] -> one uint8 image `(min(B, max_videos) * H, T * W, 3)`: a row per clip."""
-  v = np.clip(np.asarray(video[:max_videos], np.float32) + 0.5, 0.0, 1.0)
-  b, t, h, w, c = v.shape
-  return (v.transpose(0, 2, 1, 3, 4).reshape(b * h, t * w, c) * 255).round().astype(np.uint8)
-
-
 class SummaryWriter:
-  """TensorBoard scalars and frame-grid videos, written by process 0 only.
+  """TensorBoard scalars and animated videos, written by process 0 only.
 
   Uses `tf.summary.write` with the scalars/images plugin metadata directly, so it needs TensorFlow but not the
   `tensorboard` package (which tensorflow-cpu does not install).
@@ -210,14 +204,17 @@ class SummaryWriter:
       for k, v in values.items():
         tf.summary.write(k, tf.constant(float(v), tf.float32), step=step, metadata=self._metadata["scalars"])
 
-  def videos(self, step: int, name: str, video: np.ndarray) -> None:
-    """`video (B, T, H, W, 3)` in [-0.5, 0.5], one row of frames per clip, as a PNG image summary."""
+  def videos(self, step: int, name: str, video: Any, max_videos: int = 8) -> None:
+    """`video (B, T, H, W, 3)` in [-0.5, 0.5], or a list of such rows, as one animated GIF image summary: the
+    first `max_videos` clips side by side, rows one above the other (the images plugin shows a GIF as it plays)."""
     if self._writer is None:
       return
     tf = self._tf
-    grid = video_grid(video)
-    # The images plugin's tensor: [width, height, encoded image...] as strings.
-    tensor = tf.stack([tf.as_string(grid.shape[1]), tf.as_string(grid.shape[0]), tf.io.encode_png(grid)])
+    rows = video if isinstance(video, (list, tuple)) else [video]
+    frames = visualize.comparison_grid([visualize.to_uint8(np.asarray(r)[:max_videos]) for r in rows])
+    # The images plugin's tensor: [width, height, encoded image...] as strings; it serves GIF bytes as image/gif.
+    tensor = tf.stack([tf.as_string(frames.shape[2]), tf.as_string(frames.shape[1]),
+                       tf.constant(visualize.gif_bytes(frames))])
     with self._writer.as_default():
       tf.summary.write(name, tensor, step=step, metadata=self._metadata["images"])
 
