@@ -66,15 +66,16 @@ def setup(tmp_path_factory):
                                                eval_split="test", seq_len=SEQ_LEN, resolution=RES))
   data = suite.eval_data(data_config, mesh, batch_size=64)
 
+  # Initialised under jit: op by op, the CPU formulations' many small ops take minutes on a loaded machine.
   vqvae = vqvae_lib.VQVAE(embedding_dim=4, n_codes=16, n_hiddens=8, n_res_layers=0, downsample=(8, 8, 8),
-                          attention=False)
-  vq_vars = vqvae.init({"params": jax.random.key(0), "codebook": jax.random.key(1)},
-                       jnp.zeros((1, SEQ_LEN, RES, RES, 3)), train=False)
+                          attention=False, conv_impl="direct")
+  vq_vars = jax.jit(lambda r0, r1: vqvae.init({"params": r0, "codebook": r1}, jnp.zeros((1, SEQ_LEN, RES, RES, 3)),
+                                              train=False))(jax.random.key(0), jax.random.key(1))
   gpt = gpt_lib.GPT(shape=(2, 2, 2), n_codes=16, embedding_dim=4, hidden_dim=12, heads=2, layers=1,
                     n_cond_frames=1, frame_shape=(RES, RES), dropout=0.0, attn_dropout=0.0, cond_width=8,
                     cond_blocks=(1, 1, 1, 1))
-  gpt_vars = gpt.init({"params": jax.random.key(2)}, jnp.zeros((1, 2, 2, 2), jnp.int32),
-                      jnp.zeros((1, 1, RES, RES, 3)), None, deterministic=True)
+  gpt_vars = jax.jit(lambda r: gpt.init({"params": r}, jnp.zeros((1, 2, 2, 2), jnp.int32),
+                                        jnp.zeros((1, 1, RES, RES, 3)), None, deterministic=True))(jax.random.key(2))
   gpt_vars = {"params": gpt_vars["params"], "codebook": {"embeddings": vq_vars["codebook"]["embeddings"]}}
   with jax.set_mesh(mesh):
     real = base.first_clips(data, N_TEST + 1, 1)  # the whole split
@@ -99,7 +100,7 @@ def spies(setup, monkeypatch):
 
   monkeypatch.setattr(fvd, "i3d_logits", i3d_logits)
   monkeypatch.setattr(base.Sampler, "__call__", sampler_call)
-  monkeypatch.setattr(fvd_eval, "_i3d", lambda path: ("i3d", None))
+  monkeypatch.setattr(fvd_eval, "i3d_for", lambda path, platform: ("i3d", None))
   return seen
 
 

@@ -43,11 +43,13 @@ class EvalData:
     sharding: how a batch's leading axis is split over the mesh (None: unsharded, one device).
     info: what the clips are (dataset, split, clip length, resolution, ...): goes into cached-feature keys and
       into the offline result.
+    platform: the chip the evaluation runs on (`models.platforms`): the formulation of feature networks (I3D).
   """
   batches: Callable[[int], Iterable[Mapping[str, Any]]]
   batch_size: int
   sharding: jax.sharding.Sharding | None = None
   info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  platform: str = "cpu"
 
 
 @dataclasses.dataclass

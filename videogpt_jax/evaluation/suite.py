@@ -21,6 +21,7 @@ from absl import logging
 
 from videogpt_jax import sharding
 from videogpt_jax.evaluation import base, evaluators
+from videogpt_jax.models import platforms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,8 @@ def eval_data(data_config: Any, mesh: jax.sharding.Mesh | None, *, batch_size: i
   info = {"dataset": data_config.name, "builder_config": data_config.get("builder_config") or "",
           "data_dir": os.path.abspath(data_dir), "split": split, "seq_len": seq_len, "resolution": resolution,
           "window_stride": window_stride, "processes": jax.process_count()}
-  return base.EvalData(batches=batches, batch_size=batch_size, sharding=batch_sharding, info=info)
+  platform = platforms.of_devices(mesh.devices.flat if mesh is not None else jax.devices()[:1])
+  return base.EvalData(batches=batches, batch_size=batch_size, sharding=batch_sharding, info=info, platform=platform)
 
 
 def numeric(scalars: Mapping[str, Any]) -> dict[str, float]:

@@ -26,8 +26,9 @@ from videogpt_jax.evaluation import fvd as fvd_lib
 
 
 @functools.lru_cache(maxsize=2)
-def _i3d(path: str | None) -> base.Model:
-  return fvd_lib.load_i3d(path)
+def i3d_for(path: str | None, platform: str) -> base.Model:
+  """The I3D of `path` (None: the shipped weights) for `platform`, loaded once per process."""
+  return fvd_lib.load_i3d(path, platform=platform)
 
 
 def fingerprint(variables: Any) -> str:
@@ -87,7 +88,7 @@ class Evaluator:
     if got < self.clips_per_trial:
       raise ValueError(f"{self.name}: clips_per_trial={self.clips_per_trial}, but the split "
                        f"{data.info.get('split', '')!r} has {got} clips")
-    i3d = _i3d(self.i3d_weights)
+    i3d = i3d_for(self.i3d_weights, data.platform)
     parts = {"features": "i3d_logits", "clips": self.reference, **data.info, **fvd_lib.describe_i3d(self.i3d_weights),
              "n_videos": self.clips_per_trial}
     if star:

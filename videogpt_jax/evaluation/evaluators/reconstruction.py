@@ -17,6 +17,7 @@ import numpy as np
 from videogpt_jax import visualize
 from videogpt_jax.evaluation import base, metrics
 from videogpt_jax.evaluation import fvd as fvd_lib
+from videogpt_jax.evaluation.evaluators import fvd as fvd_eval
 from videogpt_jax.models import vqvae as vqvae_lib
 
 
@@ -80,7 +81,7 @@ class Evaluator:
     i3d = None
     if self.r_fvd:
       fvd_lib.check_clip_length(int(data.info.get("seq_len", fvd_lib.I3D_MIN_FRAMES)), "r_fvd")
-      i3d = fvd_lib.load_i3d(self.i3d_weights)
+      i3d = fvd_eval.i3d_for(self.i3d_weights, data.platform)
     scalars, shown = evaluate(vqvae, base.limited(data.batches(0), self.max_batches, "reconstruction"), i3d=i3d,
                               i3d_batch_size=self.i3d_batch_size, num_shown=self.num_shown)
     return base.Result(scalars=scalars, videos={"reconstructions": shown} if shown is not None else {})
