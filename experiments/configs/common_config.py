@@ -23,8 +23,8 @@ def _base() -> ml_collections.ConfigDict:
   config.compute_dtype = "float32"  # "bfloat16": bf16 compute over float32 parameters
   config.remat = "none"  # "dots" | "full": rematerialise the loss's forward pass with that policy
   config.log_every = 50
-  # Evaluators (videogpt_jax/evaluation/evaluators/<name>.py) run every `eval_every` steps and at the last step;
-  # `eval_options.<name>` holds that evaluator's keyword options, `every` its own period (see evaluation/suite.py).
+  # Evaluators of this stage (videogpt_jax/evaluation/evaluators/<name>.py, format in evaluation/suite.py):
+  # `eval_options.<name>` holds that evaluator's keyword options, `every` its own period in steps.
   config.evals = ()
   config.eval_options = ml_collections.ConfigDict()
   config.eval_every = 5_000
@@ -53,10 +53,11 @@ def gpt_base() -> ml_collections.ConfigDict:
   config.vqvae_step = -1  # -1: its latest checkpoint
   config.codes_path = ""  # optional: codes pre-encoded by `videogpt_jax.train.encode_dataset` (else on the fly)
   config.best_metric = "loss"
-  # Test bits/dim every eval_every steps; TensorBoard samples every 10k (conditioned on test clips if conditional).
-  # FVD during training: add "fvd" (clips of >= 9 frames; options as experiments.evaluate's flags of that name).
+  # Test bits/dim and TensorBoard samples (conditioned on test clips if the prior is conditional). FVD: add "fvd"
+  # (clips of >= 9 frames; options named as experiments.evaluate's flags).
   config.evals = ("bits_per_dim", "samples")
-  config.eval_options = ml_collections.ConfigDict({"samples": {"every": 10_000, "num_samples": 8}})
+  config.sample_every = 10_000  # 0: no samples
+  config.num_samples = 8
   return config
 
 
@@ -95,4 +96,5 @@ def gpt_runlocal(config: ml_collections.ConfigDict, dataset: str = "moving_mnist
   config.eval_every = 30
   config.eval_batches = 1
   config.checkpoint_every = 10
-  config.eval_options.samples = ml_collections.ConfigDict({"num_samples": 2})  # every eval_every steps
+  config.sample_every = 30
+  config.num_samples = 2

@@ -3,7 +3,8 @@
 MSE is on the raw decoder output (the original does not clamp it); PSNR and SSIM use the output clipped to
 [-0.5, 0.5] (data range 1). `nmse` divides by the variance of all evaluated pixels, `recon_loss` by the original's
 constant (`vqvae.RECON_LOSS_SCALE`). With `r_fvd`, also R-FVD: FVD between the reconstructions and their inputs
-(both quantised as the original does for FVD, `visualize.to_uint8(x, truncate=True)`). TensorBoard gets the first clips above their reconstructions.
+(both quantised as the original does for FVD, `visualize.to_uint8(x, truncate=True)`). TensorBoard gets the
+first clips above their reconstructions.
 """
 from __future__ import annotations
 
