@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import pathlib
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from tests.convert.test_converted_workdirs import _lightning
 from tests.evaluation.test_c3d import _write_chainer_npz
 from videogpt_jax import inference, sharding
 from videogpt_jax.convert.__main__ import convert
-from videogpt_jax.evaluation import fvd
+from videogpt_jax.evaluation import fvd, runner
 from videogpt_jax.evaluation.evaluators import fvd as fvd_eval
 from videogpt_jax.train import common
 
@@ -135,19 +136,20 @@ def test_invalid_flags_are_usage_errors_naming_the_flag(fake_workdir, tmp_path, 
   assert not (tmp_path / "out.json").exists()
 
 
-def test_bad_enum_and_mesh_errors(fake_workdir, tmp_path, capsys):
+def test_bad_enum_and_mesh_errors(fake_workdir, tmp_path):
   with pytest.raises(flags.IllegalFlagValueError):  # absl checks the enum itself
     run_command(protocol="psnr", output=str(tmp_path / "out.json"))
   with pytest.raises(flags.IllegalFlagValueError, match="--protocol must have a value"):
     run_command(output=str(tmp_path / "out.json"))
   assert "protocol" not in flags.FLAGS  # importing the command defines no global flag
-  with pytest.raises(SystemExit):  # 8 devices cannot split a batch of 4: one line, before any model is loaded
+  # 8 devices cannot split a batch of 4: one error naming the flags, before any model is loaded
+  with pytest.raises(runner.SettingsError,
+                     match="--batch_size=4: batch_size=4 must be divisible by the mesh's data x fsdp = 8"):
     run_command(protocol="reconstruction", vqvae_workdir=fake_workdir, batch_size=4,
                 output=str(tmp_path / "out.json"))
-  assert "--batch_size=4: batch_size=4 must be divisible by the mesh's data x fsdp = 8" in capsys.readouterr().err
 
 
-def test_reconstruction_on_eight_devices_matches_a_direct_evaluation(untrained_vqvae, tmp_path, capsys):
+def test_reconstruction_on_eight_devices_matches_a_direct_evaluation(untrained_vqvae, tmp_path):
   workdir, config = untrained_vqvae
   out = run_command(protocol="reconstruction", vqvae_workdir=str(workdir), batch_size=8, max_batches=1,
                     output=str(tmp_path / "recon.json"))
@@ -166,13 +168,13 @@ def test_reconstruction_on_eight_devices_matches_a_direct_evaluation(untrained_v
   assert m["nmse"] == pytest.approx(mse / video.var(), rel=1e-4)
   assert m["psnr"] == pytest.approx(np.mean(10 * np.log10(1.0 / per_clip)), rel=1e-4)
   assert m["psnr"] > 0 and 0.0 <= m["ssim"] <= 1.0 and "r_fvd" not in m
-  with pytest.raises(SystemExit):
+  with pytest.raises(runner.SettingsError,
+                     match=re.escape("--split=validation: dataset moving_mnist has splits ['test', 'train']")):
     run_command(protocol="reconstruction", vqvae_workdir=str(workdir), split="validation",
                 output=str(tmp_path / "bad.json"))
-  assert "--split=validation: dataset moving_mnist has splits ['test', 'train']" in capsys.readouterr().err
 
 
-def test_reconstruction_of_a_converted_checkpoint_directory(untrained_vqvae, tmp_path, capsys):
+def test_reconstruction_of_a_converted_checkpoint_directory(untrained_vqvae, tmp_path):
   """A directory written by `videogpt_jax.convert` is a model directory: its config names no dataset, so
   `--dataset` gives it, and the metrics are those of the converted model on those clips."""
   pytest.importorskip("torch")
@@ -181,10 +183,10 @@ def test_reconstruction_of_a_converted_checkpoint_directory(untrained_vqvae, tmp
   converted = convert(tmp_path / "vqvae.ckpt", tmp_path / "converted", kind="vqvae")
   assert not (converted / "checkpoints").exists()
   data_dir = untrained_vqvae[1].data.data_dir
-  with pytest.raises(SystemExit):
+  with pytest.raises(runner.SettingsError,
+                     match=re.escape(f"--dataset is required: the config saved in {converted} names no dataset")):
     run_command(protocol="reconstruction", vqvae_workdir=str(converted), data_dir=data_dir, batch_size=8,
                 output=str(tmp_path / "none.json"))
-  assert f"--dataset is required: the config saved in {converted} names no dataset" in capsys.readouterr().err
   out = run_command(protocol="reconstruction", vqvae_workdir=str(converted), dataset="moving_mnist/tiny",
                     data_dir=data_dir, batch_size=8, max_batches=1, output=str(tmp_path / "recon.json"))
   assert out["models"]["vqvae_step"] == 0 and out["data"]["dataset"] == "moving_mnist"
@@ -236,7 +238,7 @@ def test_fvd_conditions_on_real_frames_and_reuses_cached_real_features(trained, 
   assert [f.stat().st_mtime_ns for f in sorted(cache.glob("features_*.npz"))] == mtimes
   assert second["metrics"]["fvd_trials"] == pytest.approx(m["fvd_trials"], rel=1e-6)  # same seed, same samples
 
-  with pytest.raises(SystemExit):  # the tiny test split has 16 clips
+  with pytest.raises(ValueError, match="clips_per_trial=17, but the split 'test' has 16 clips"):
     run_command(output=str(tmp_path / "fvd3.json"), **dict(common_flags, clips_per_trial=17))
 
 

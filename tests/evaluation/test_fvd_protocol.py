@@ -68,7 +68,7 @@ def setup(tmp_path_factory):
 
   # Initialised under jit: op by op, the CPU formulations' many small ops take minutes on a loaded machine.
   vqvae = vqvae_lib.VQVAE(embedding_dim=4, n_codes=16, n_hiddens=8, n_res_layers=0, downsample=(8, 8, 8),
-                          attention=False, conv_impl="direct")
+                          attention=False)
   vq_vars = jax.jit(lambda r0, r1: vqvae.init({"params": r0, "codebook": r1}, jnp.zeros((1, SEQ_LEN, RES, RES, 3)),
                                               train=False))(jax.random.key(0), jax.random.key(1))
   gpt = gpt_lib.GPT(shape=(2, 2, 2), n_codes=16, embedding_dim=4, hidden_dim=12, heads=2, layers=1,
