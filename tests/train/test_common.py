@@ -170,6 +170,7 @@ def test_summary_writer_writes_tensorboard_scalars_and_animated_videos(tmp_path)
   writer = common.SummaryWriter(str(tmp_path))
   writer.scalars(3, {"train/loss": 1.25})
   video = np.zeros((2, 3, 4, 5, 3), np.float32) - 0.5
+  video[0, 1] = 0.0  # first clip, second frame: grey (GIF writers merge identical consecutive frames)
   video[1, 2] = 0.5  # second clip, third frame: white
   writer.videos(3, "samples", video)
   writer.videos(3, "rows", [video, video])  # two rows of two clips
