@@ -34,19 +34,21 @@ class TinyVQVAE(nn.Module):
 
 
 class TinyGPT(nn.Module):
-  """Contract: `apply(variables, codes, cond_frames=None, labels=None, deterministic=True) -> (B, t, h, w, K)`."""
+  """Contract: `apply(variables, codes, cond=None, deterministic=True) -> (B, t, h, w, K)`, `cond` the mapping of
+  `models.conditioning.make_cond`."""
   uniform: bool = False
   n_cond_frames: int = 0
   class_cond_dim: int | None = None
 
   @nn.compact
-  def __call__(self, codes, cond_frames=None, labels=None, deterministic=True):
+  def __call__(self, codes, cond=None, deterministic=True):
     emb = self.param("emb", nn.initializers.normal(1.0), (K, K))
     logits = emb[codes]
-    if cond_frames is not None:
-      logits = logits + jnp.mean(cond_frames, axis=(1, 2, 3, 4))[:, None, None, None, None]
-    if labels is not None:
-      logits = logits + labels[:, None, None, None, None].astype(jnp.float32)
+    cond = cond or {}
+    if "frames" in cond:
+      logits = logits + jnp.mean(cond["frames"], axis=(1, 2, 3, 4))[:, None, None, None, None]
+    if "label" in cond:
+      logits = logits + cond["label"][:, None, None, None, None].astype(jnp.float32)
     return jnp.zeros_like(logits) if self.uniform else logits
 
 
@@ -103,11 +105,11 @@ def test_bits_per_dim():
   for b in _iterator(2):
     keep = np.asarray(b["mask"])
     codes = vqvae.apply(vq_vars, b["video"], method="encode_to_indices")
-    logits = gpt.apply(g_vars, codes, cond_frames=b["video"][:, :1], labels=b["label"])
+    logits = gpt.apply(g_vars, codes, {"frames": b["video"][:, :1], "label": b["label"]})
     nats.append(np.asarray(metrics.token_cross_entropy(logits, codes)).reshape(3, -1).mean(1)[keep])
   assert out["nats_per_dim"] == pytest.approx(np.concatenate(nats).mean(), rel=1e-5)
   assert out["bits_per_dim"] == pytest.approx(out["nats_per_dim"] / math.log(2), rel=1e-9)
-  with pytest.raises(ValueError, match="no labels"):
+  with pytest.raises(ValueError, match="no 'label'"):
     bits_per_dim.evaluate((gpt, g_vars), (vqvae, vq_vars), [{"video": jnp.zeros((1, 4, 16, 16, 3))}])
 
 

@@ -94,9 +94,9 @@ def spies(setup, monkeypatch):
     seen["i3d"].append(np.asarray(videos))
     return _features(videos)
 
-  def sampler_call(self, rng, n, cond_frames=None, labels=None):
-    seen["cond"].append(np.asarray(cond_frames))
-    return real_call(self, rng, n, cond_frames=cond_frames, labels=labels)
+  def sampler_call(self, rng, n, cond=None):
+    seen["cond"].append(np.asarray(cond["frames"]))
+    return real_call(self, rng, n, cond)
 
   monkeypatch.setattr(fvd, "i3d_logits", i3d_logits)
   monkeypatch.setattr(base.Sampler, "__call__", sampler_call)

@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from videogpt_jax import sharding
+from videogpt_jax.models import conditioning as cond_lib
 from videogpt_jax.models import sampling
 
 Model = tuple[Any, Any]  # (flax module, its variables)
@@ -125,17 +126,10 @@ def decode(vqvae: Any, variables: Any, codes: jax.Array) -> jax.Array:
   return jnp.clip(video.astype(jnp.float32), -0.5, 0.5)
 
 
-def conditioning(gpt: Any, clips: Mapping[str, np.ndarray]) -> dict[str, np.ndarray | None]:
-  """The prior's conditioning inputs taken from real clips: the first frames of a frame-conditional prior, the
-  labels of a class-conditional one (None where the prior takes none)."""
-  cond = labels = None
-  if gpt.n_cond_frames:
-    cond = clips["cond_frames"] if "cond_frames" in clips else clips["video"][:, :gpt.n_cond_frames]
-  if gpt.class_cond_dim:
-    if "label" not in clips:
-      raise ValueError("the prior is class-conditional but the dataset has no labels")
-    labels = clips["label"]
-  return {"cond_frames": cond, "labels": labels}
+def conditioning(gpt: Any, clips: Mapping[str, Any]) -> dict[str, Any]:
+  """The prior's conditioning mapping (`models.conditioning`) taken from real clips: their first frames for a
+  frame-conditional prior, their labels for a class-conditional one."""
+  return cond_lib.from_batch(clips, int(gpt.n_cond_frames), bool(gpt.class_cond_dim))
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -158,22 +152,20 @@ class Sampler:
   top_k: int | None = None
   top_p: float | None = None
 
-  def __call__(self, rng: jax.Array, n: int, cond_frames: np.ndarray | None = None,
-               labels: np.ndarray | None = None) -> np.ndarray:
+  def __call__(self, rng: jax.Array, n: int, cond: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """`n` samples; row i conditioned on row i of each entry of `cond` (`models.conditioning.make_cond`)."""
     (gpt, gpt_vars), (vqvae, vq_vars) = self.gpt, self.vqvae
     out = []
     for i, start in enumerate(range(0, n, self.batch_size)):
       rows = slice(start, min(start + self.batch_size, n))
       codes = sampling.sample(gpt, gpt_vars, jax.random.fold_in(rng, i), self.batch_size,
-                              cond_frames=self._put(cond_frames, rows), labels=self._put(labels, rows),
+                              cond={k: self._put(v, rows) for k, v in (cond or {}).items()},
                               temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
       if self.sharding is not None:
         codes = jax.device_put(codes, self.sharding)
       out.append(sharding.to_host(decode(vqvae, vq_vars, codes))[:rows.stop - rows.start])
     return np.concatenate(out)
 
-  def _put(self, x: np.ndarray | None, rows: slice) -> jax.Array | None:
-    if x is None:
-      return None
+  def _put(self, x: np.ndarray, rows: slice) -> jax.Array:
     padded = _pad_rows(np.asarray(x[rows]), self.batch_size)
     return jax.device_put(padded, self.sharding) if self.sharding is not None else jnp.asarray(padded)

@@ -19,9 +19,9 @@ from videogpt_jax.evaluation import base, metrics
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
 def _nats_per_clip(gpt: Any, gpt_variables: Any, vqvae: Any, vqvae_variables: Any, video: jax.Array,
-                   cond_frames: jax.Array | None, labels: jax.Array | None) -> jax.Array:
+                   cond: Mapping[str, jax.Array]) -> jax.Array:
   codes = vqvae.apply(vqvae_variables, video, method=type(vqvae).encode_to_indices)
-  logits = gpt.apply(gpt_variables, codes, cond_frames=cond_frames, labels=labels, deterministic=True)
+  logits = gpt.apply(gpt_variables, codes, cond, deterministic=True)
   ce = metrics.token_cross_entropy(logits, codes)
   return jnp.mean(ce.reshape(ce.shape[0], -1), axis=1)
 
@@ -32,8 +32,7 @@ def evaluate(gpt: base.Model, vqvae: base.Model, batches: Iterable[Mapping[str, 
   total, n = 0.0, 0
   for batch in batches:
     cond = base.conditioning(gpt_module, batch)
-    nats = _nats_per_clip(gpt_module, gpt_vars, vq_module, vq_vars, batch["video"], cond["cond_frames"],
-                          cond["labels"])
+    nats = _nats_per_clip(gpt_module, gpt_vars, vq_module, vq_vars, batch["video"], cond)
     nats = np.asarray(sharding.to_host(nats), np.float64)[base.mask_of(batch)]
     total, n = total + nats.sum(), n + nats.shape[0]
   if n == 0:

@@ -101,7 +101,7 @@ class Evaluator:
                  self.clips_per_trial, "from the cache" if cached else "computed")
     sampler = base.Sampler(gpt, vqvae, data.batch_size, data.sharding, self.temperature, self.top_k, self.top_p)
     cond = base.conditioning(gpt_module, clips)
-    scores = fvd_trials(lambda key: sampler(key, self.clips_per_trial, **cond), real_logits, self.n_trials,
+    scores = fvd_trials(lambda key: sampler(key, self.clips_per_trial, cond), real_logits, self.n_trials,
                         rng=rng, i3d=i3d, i3d_batch_size=self.i3d_batch_size)
     name = self.name
     return base.Result(scalars={

@@ -16,6 +16,7 @@ from absl import logging
 from videogpt_jax.evaluation import base
 from videogpt_jax.evaluation import c3d as c3d_lib
 from videogpt_jax.evaluation import inception_score as is_lib
+from videogpt_jax.models import conditioning as cond_lib
 
 
 def evaluate(sample_fn: Callable[[jax.Array, int], np.ndarray], n_samples: int, c3d: tuple, *, rng: jax.Array,
@@ -80,15 +81,14 @@ class Evaluator:
     sampler = base.Sampler(gpt, vqvae, data.batch_size, data.sharding, self.temperature, self.top_k, self.top_p)
 
     def sample_fn(key: jax.Array, n: int) -> np.ndarray:
-      cond = {"cond_frames": None, "labels": None}
+      frames = label = None
       if stream is not None:
         rows = [next(stream) for _ in range(n)]
-        cond["cond_frames"] = base.conditioning(gpt_module, {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-                                                )["cond_frames"]
+        frames = np.stack([r["cond_frames"] if "cond_frames" in r else r["video"][:gpt_module.n_cond_frames]
+                           for r in rows])
       if gpt_module.class_cond_dim:  # TGAN-v2: labels drawn uniformly
-        cond["labels"] = np.asarray(jax.random.randint(jax.random.fold_in(key, -1), (n,), 0,
-                                                       gpt_module.class_cond_dim))
-      return sampler(key, n, **cond)
+        label = np.asarray(jax.random.randint(jax.random.fold_in(key, -1), (n,), 0, gpt_module.class_cond_dim))
+      return sampler(key, n, cond_lib.make_cond(frames=frames, label=label))
 
     scalars = evaluate(sample_fn, self.num_samples, c3d, rng=rng, sample_batch_size=data.batch_size,
                        splits=self.splits, c3d_batch_size=self.c3d_batch_size)

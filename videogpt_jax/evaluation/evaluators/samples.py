@@ -21,7 +21,7 @@ class Evaluator:
 
   def run(self, vqvae: base.Model, gpt: base.Model | None, data: base.EvalData, rng: jax.Array) -> base.Result:
     gpt_module, n = gpt[0], self.num_samples
-    real, cond = None, {"cond_frames": None, "labels": None}
+    real, cond = None, {}
     if gpt_module.n_cond_frames or gpt_module.class_cond_dim:
       clips = base.first_clips(data, n, int(gpt_module.n_cond_frames))
       if not clips or clips["video"].shape[0] < n:
@@ -29,5 +29,5 @@ class Evaluator:
         return base.Result()
       real, cond = clips["video"], base.conditioning(gpt_module, clips)
     sampler = base.Sampler(gpt, vqvae, data.batch_size, data.sharding, self.temperature, self.top_k, self.top_p)
-    video = sampler(rng, n, **cond)
+    video = sampler(rng, n, cond)
     return base.Result(scalars={"n_samples": n}, videos={"samples": [real, video] if real is not None else video})
