@@ -28,6 +28,8 @@ from ml_collections import config_flags
 
 from experiments import demo_metrics, launch
 from videogpt_jax import sharding, visualize
+from videogpt_jax.evaluation import base
+from videogpt_jax.evaluation.evaluators import bits_per_dim, reconstruction
 from videogpt_jax.models import sampling, sliding_window
 from videogpt_jax.train import common, encode_dataset, gpt_trainer, load, vqvae_trainer
 
