@@ -73,7 +73,8 @@ def _compile_layer(name, impl):
   y_shape = jax.eval_shape(fwd, x, ws).shape
   g = jnp.asarray(rng.normal(size=y_shape), jnp.float32)
   # The cotangent is an argument: as a closed-over constant XLA would spend many seconds constant-folding it.
-  step = jax.value_and_grad(lambda x, ws, g: jnp.vdot(fwd(x, ws), g), argnums=(0, 1))
+  # A layer's forward + backward, not a train step (those come from `videogpt_jax.train.steps`).
+  step = jax.grad(lambda x, ws, g: jnp.vdot(fwd(x, ws), g), argnums=(0, 1))
   compiled, compile_s, _ = harness.compile_fn(step, x, ws, g)
   return (lambda: compiled(x, ws, g)), compile_s
 
@@ -151,10 +152,14 @@ def time_stack(impl, warmup, repeats):
   rng = np.random.default_rng(0)
   params = _stack_params(rng)
   video = jnp.asarray(rng.uniform(-0.5, 0.5, size=(B, 16, 64, 64, 3)), jnp.float32)
-  step = jax.value_and_grad(lambda p, v: jnp.mean((_stack(p, v, impl) - v) ** 2))
+  def loss_and_loss(p, v):
+    loss = jnp.mean((_stack(p, v, impl) - v) ** 2)
+    return loss, loss
+
+  step = jax.grad(loss_and_loss, has_aux=True)  # -> (grads, loss): the conv stack's cost, not a train step
   compiled, compile_s, _ = harness.compile_fn(step, params, video)
   t = harness.time_steps(lambda: compiled(params, video), warmup=warmup, repeats=repeats)
-  loss = float(compiled(params, video)[0])
+  loss = float(compiled(params, video)[1])
   return {"ms": 1e3 * t["median_s"], "min_ms": 1e3 * t["min_s"], "max_ms": 1e3 * t["max_s"],
           "repeats": repeats, "compile_s": compile_s, "loss": loss}
 

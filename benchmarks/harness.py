@@ -20,6 +20,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from experiments.configs import common_config
 
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -29,11 +32,59 @@ def block(tree):
 
 
 def compile_fn(fn, *args, **jit_kwargs) -> tuple[Any, float, dict[str, Any]]:
-  """AOT-compiles `jax.jit(fn)` for `args`; returns (compiled, compile seconds, cost + memory analysis)."""
+  """AOT-compiles `fn` (already jitted, e.g. a trainer's step, or `jax.jit(fn, **jit_kwargs)`) for `args`; returns
+  (compiled, compile seconds, cost + memory analysis)."""
   t0 = time.perf_counter()
-  compiled = jax.jit(fn, **jit_kwargs).lower(*args).compile()
+  jitted = fn if hasattr(fn, "lower") and not jit_kwargs else jax.jit(fn, **jit_kwargs)
+  compiled = jitted.lower(*args).compile()
   seconds = time.perf_counter() - t0
   return compiled, seconds, analysis(compiled)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The trainers' configs for a benchmark's model, so that `train.steps` builds the very step that trains.
+# ---------------------------------------------------------------------------------------------------------------
+def vqvae_config(model: dict[str, Any], clip: tuple[int, int, int], batch: int, *, dtype: str = "float32",
+                 mesh: tuple[int, int, int] = (-1, 1, 1)) -> ml_collections.ConfigDict:
+  """The VQ-VAE trainer's config (optimizer, clipping, schedule as in `experiments/configs`) for module arguments
+  `model` on clips `(T, H, W)` with `H == W`."""
+  config = common_config.vqvae_base()
+  config.model = ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+  config.data.seq_len, config.data.resolution = int(clip[0]), int(clip[1])
+  config.batch_size, config.compute_dtype, config.mesh = int(batch), str(dtype), tuple(mesh)
+  return config
+
+
+GPT_DERIVED = ("shape", "n_codes", "embedding_dim", "frame_shape", "class_cond_dim")
+
+
+def gpt_config(model: dict[str, Any], batch: int, *, dtype: str = "float32",
+               mesh: tuple[int, int, int] = (-1, 1, 1)) -> ml_collections.ConfigDict:
+  """The prior trainer's config for GPT module arguments `model` (latent grid, codebook and conditioning become
+  `config.derived`, as the trainer derives them from its VQ-VAE)."""
+  config = common_config.gpt_base()
+  rest = {k: v for k, v in model.items() if k not in GPT_DERIVED}
+  config.model = ml_collections.ConfigDict({**rest, "class_cond": bool(model.get("class_cond_dim"))})
+  frame_shape = tuple(model.get("frame_shape") or (0, 0))
+  config.derived = ml_collections.ConfigDict(dict(
+      shape=tuple(model["shape"]), n_codes=int(model["n_codes"]), embedding_dim=int(model["embedding_dim"]),
+      frame_shape=frame_shape, class_cond_dim=int(model.get("class_cond_dim") or 0)))
+  config.batch_size, config.compute_dtype, config.mesh = int(batch), str(dtype), tuple(mesh)
+  return config
+
+
+def random_batch(abstract_batch: dict[str, jax.ShapeDtypeStruct], high: dict[str, int], seed: int = 1
+                 ) -> dict[str, jax.Array]:
+  """A batch of `abstract_batch`'s shapes and shardings: ints uniform in `[0, high[name])`, floats in [-0.5, 0.5]."""
+  out = {}
+  for i, (name, a) in enumerate(sorted(abstract_batch.items())):
+    key = jax.random.PRNGKey(seed + i)
+    if jnp.issubdtype(a.dtype, jnp.integer):
+      x = jax.random.randint(key, a.shape, 0, high[name], a.dtype)
+    else:
+      x = jax.random.uniform(key, a.shape, a.dtype, -0.5, 0.5)
+    out[name] = jax.device_put(x, a.sharding)
+  return out
 
 
 def analysis(compiled) -> dict[str, Any]:
@@ -176,14 +227,14 @@ def measure(fn: Callable, args: tuple, *, stateful: bool = False, warmup: int = 
             deadline: float | None = None, matmul_flops: float | None = None, **jit_kwargs) -> dict[str, Any]:
   """Compiles `fn(*args)`, times it and records memory: one row of a model-level benchmark.
 
-  `stateful`: `fn(state, *rest) -> (state, metrics)` with `state` donated; each timed call feeds the previous
-  state back. The row holds the compile time, XLA's cost and memory analysis, the median step time, the peak
+  `stateful`: `fn(state, *rest) -> (state, metrics)` with `state` donated (a jitted `fn`, such as a trainer's
+  step, keeps its own shardings and donation); each timed call feeds the previous state back. The row holds the compile time, XLA's cost and memory analysis, the median step time, the peak
   RSS of compiling and of running (each since a reset of the kernel's counter) and, given `matmul_flops`,
   the model-FLOPs utilisation `flops / median_s / matmul_flops` (XLA's flops count a loop body once).
   """
   rss_before = _proc_status_bytes("VmRSS")
   reset_peak_rss()
-  if stateful:
+  if stateful and not hasattr(fn, "lower"):
     jit_kwargs.setdefault("donate_argnums", (0,))
   compiled, compile_s, info = compile_fn(fn, *args, **jit_kwargs)
   row: dict[str, Any] = {"compile_s": compile_s, **info, "rss_before_bytes": rss_before,

@@ -8,8 +8,9 @@ cost-analysis flops / step time / that rate. XLA counts a loop body once, so for
 `attention_patterns.FULL_CHUNK_THRESHOLD` tokens (a scan over query chunks) its flops are an undercount; rows
 also carry an analytic count (`model_flops`: 6 x matmul parameters x tokens + attention scores).
 
-The train step is the trainer's (`videogpt_jax/train/gpt_trainer.py`) reduced to its arithmetic: Adam (optax),
-cross-entropy over all tokens, dropout on (`rngs={"dropout": ...}`), loss + grad + update in one `jax.jit`.
+The train step is the prior trainer's own (`videogpt_jax.train.steps.gpt_program` for the trainer's default
+config around each model): cross-entropy over all tokens, dropout on, global-norm clipping, Adam on the cosine
+schedule, the state's shardings and donation, one `jax.jit`.
 
   python benchmarks/prior_bench.py                # writes benchmarks/results/prior_bench.json
   python benchmarks/prior_bench.py --quick        # tiny shapes: checks the script, not the speed
@@ -24,13 +25,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from benchmarks import harness  # noqa: E402
+from videogpt_jax import sharding  # noqa: E402
 from videogpt_jax.models import attention_patterns  # noqa: E402
 from videogpt_jax.models import conditioning  # noqa: E402
 from videogpt_jax.models import gpt as gpt_lib  # noqa: E402
+from videogpt_jax.models import sparse_layout  # noqa: E402
+from videogpt_jax.train import steps  # noqa: E402
 
 # The reference prior (original PyTorch VideoGPT, 2 cores, float32): over the small VQ-VAE's 4x16x16 latents.
 SMALL = dict(shape=(4, 16, 16), n_codes=512, embedding_dim=64, hidden_dim=192, heads=4, layers=4)
@@ -75,8 +78,20 @@ WORKLOADS = _workloads()
 
 
 def keys_per_query(shape: tuple[int, ...], attn_type: str) -> float:
-  """Mean number of keys each query scores in the implementation (`Pattern.keys_per_query`)."""
-  return attention_patterns.make(attn_type, shape).keys_per_query()
+  """Mean number of keys each query scores in the implementation: causal full attention scores, per query block,
+  the keys up to the block's end (above `FULL_CHUNK_THRESHOLD` tokens every chunk scores all keys, masked)."""
+  length = int(np.prod(shape))
+  if attn_type == "full":
+    if length > attention_patterns.FULL_CHUNK_THRESHOLD:
+      return float(length)
+    block = min(attention_patterns.FULL_QUERY_BLOCK, length)
+    ends = np.minimum(np.arange(block, length + block, block), length)
+    sizes = np.diff(np.concatenate([[0], ends]))
+    return float((sizes * ends).sum() / length)
+  if attn_type == "axial":
+    return float(sum(shape))
+  index, _ = sparse_layout.gather_table(shape, True, 32, 4)
+  return float(index.shape[1] * 32)
 
 
 def model_flops(model: gpt_lib.GPT, batch: int, train: bool = True) -> float:
@@ -100,28 +115,20 @@ def build(model_kwargs: dict[str, Any], batch: int, dtype: Any = jnp.float32, re
   if model.n_cond_frames:
     cond = jax.random.uniform(jax.random.PRNGKey(2), (batch, model.n_cond_frames, *model.frame_shape, 3),
                               jnp.float32, -0.5, 0.5)
-  variables = jax.jit(lambda r, c, f: model.init({"params": r}, c, conditioning.make_cond(f), deterministic=True))(
+  variables = jax.jit(lambda r, c, f: model.init({"params": r}, c, f, deterministic=True))(
       jax.random.PRNGKey(0), codes[:1], None if cond is None else cond[:1])
   return model, variables, (codes, cond)
 
 
-def make_train_step(model: gpt_lib.GPT, tx: optax.GradientTransformation, labels: bool = False):
-  """`step(state, codebook, codes, cond_frames[, labels]) -> (state, metrics)`, `state = (params, opt_state, rng)`."""
-  def step(state, codebook, codes, cond_frames, class_labels=None):
-    params, opt_state, rng = state
-    rng, dropout_rng = jax.random.split(rng)
-
-    def loss_fn(p):
-      cond = conditioning.make_cond(cond_frames, class_labels if labels else None)
-      logits = model.apply({"params": p, "codebook": codebook}, codes, cond, deterministic=False,
-                           rngs={"dropout": dropout_rng})
-      return optax.softmax_cross_entropy_with_integer_labels(logits, codes).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, rng), {"loss": loss}
-
-  return step
+def train_program(model_kwargs: dict[str, Any], batch: int, dtype: Any = jnp.float32, remat: bool = False,
+                  mesh: tuple[int, int, int] = (-1, 1, 1)) -> tuple[steps.TrainProgram, Any, dict[str, jax.Array]]:
+  """`(program, state, batch)`: the prior trainer's program for this model, its initial state, a random batch."""
+  config = harness.gpt_config({**model_kwargs, "remat": remat}, batch, dtype=jnp.dtype(dtype).name, mesh=mesh)
+  program = steps.gpt_program(config, sharding.make_mesh(config))
+  state = program.init(program.init_rng)
+  model = program.model
+  inputs = harness.random_batch(program.abstract_batch, {"codes": model.n_codes, "label": model.class_cond_dim or 1})
+  return program, state, inputs
 
 
 def run_workload(name: str, spec: dict[str, Any], args, matmul: float, deadline: float | None) -> dict[str, Any]:
@@ -133,19 +140,17 @@ def run_workload(name: str, spec: dict[str, Any], args, matmul: float, deadline:
   dtype = jnp.dtype(spec.get("dtype", "float32"))
   if spec.get("kind") == "frame_encoder":
     return run_frame_encoder(name, spec, model_kwargs, args, matmul, deadline)
-  model, variables, (codes, cond) = build(model_kwargs, spec["batch"], dtype, remat=spec.get("remat", False))
-  tx = optax.adam(3e-4)
-  state = (variables["params"], tx.init(variables["params"]), jax.random.PRNGKey(3))
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+  program, state, batch = train_program(model_kwargs, spec["batch"], dtype, remat=spec.get("remat", False))
+  model = program.model
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   row: dict[str, Any] = {
       "name": name, **{k: v for k, v in spec.items() if k != "model"},
       "model": {k: list(v) if isinstance(v, tuple) else v for k, v in model_kwargs.items()},
       "attn_type": model.attn_type, "seq_len": model.seq_len, "dtype": str(dtype), "params": n_params,
       "remat": bool(spec.get("remat", False)), "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "model_flops": model_flops(model, spec["batch"]),
+      "model_flops": model_flops(model, spec["batch"]), "train_step": "videogpt_jax.train.steps",
   }
-  row.update(harness.measure(make_train_step(model, tx), (state, variables["codebook"], codes, cond),
-                             stateful=True, warmup=args.warmup, repeats=args.repeats, deadline=deadline,
+  row.update(harness.measure(program.train_step, (state, batch), stateful=True, warmup=args.warmup, repeats=args.repeats, deadline=deadline,
                              matmul_flops=matmul))
   if "median_s" in row:
     row["tokens_per_s"] = spec["batch"] * model.seq_len / row["median_s"]
@@ -173,7 +178,7 @@ def run_frame_encoder(name, spec, model_kwargs, args, matmul, deadline) -> dict[
   params = jax.jit(encoder.init)(jax.random.PRNGKey(0), frames[:1])
 
   def step(p, x):
-    return jax.grad(lambda q: jnp.mean(encoder.apply(q, x) ** 2))(p)
+    return jax.grad(lambda q: jnp.mean(encoder.apply(q, x) ** 2))(p)  # a component's cost, not a train step
 
   row: dict[str, Any] = {"name": name, **{k: v for k, v in spec.items() if k != "model"},
                          "frame_shape": list(model_kwargs["frame_shape"]),
@@ -200,7 +205,8 @@ def main() -> None:
   args = harness.suite_parser(__doc__, "tiny model and grid (a smoke test of the script)").parse_args()
   harness.run_suite(
       args, WORKLOADS, default_name="prior_bench", run_workload=run_workload, report=report,
-      description="GPT prior train step (Adam, cross-entropy, dropout on; loss+grad+update in one jit) on CPU; "
+      description="GPT prior train step (the trainer's: cross-entropy, dropout on, clipping, Adam on the schedule, "
+                  "shardings and donation; one jit) on CPU; "
                   "median of timed steps after warm-up; compile separate. model_flops is analytic "
                   "(6 x matmul params x tokens + attention scores); flops is XLA's (loop bodies once).")
 

@@ -282,6 +282,25 @@ def machine(data: dict[str, dict | None]) -> list[str]:
   return out
 
 
+TRAINER_STEP = "videogpt_jax.train.steps"
+
+
+def train_step_provenance(*tables) -> str:
+  """What the train-step rows time: the trainers' own steps (rows that record `train_step`), or not (older rows)."""
+  rows = [r for t in tables for r in (t or {}).values()
+          if r.get("kind", "train") in ("train", "vqvae", "prior") and ("median_s" in r or "per_device_flops" in r)]
+  own = [r["name"] for r in rows if r.get("train_step") == TRAINER_STEP]
+  other = [r["name"] for r in rows if r.get("train_step") != TRAINER_STEP]
+  text = ("Train-step rows time (and the projection compiles) the trainers' own steps, built by "
+          f"`{TRAINER_STEP}` from the trainers' default config around each model: loss, gradient, global-norm "
+          "clipping, Adam on the cosine schedule, the state's shardings and donation, one `jax.jit`.")
+  if other:
+    text += (f" Rows measured before the benchmarks used those steps ({len(other)} of {len(rows)}: "
+             f"{', '.join(sorted(other)[:6])}{', ...' if len(other) > 6 else ''}) timed a re-implemented step "
+             "(no clipping, schedule, shardings or donation) and are to be re-measured.")
+  return text
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--suffix", default="", help="read results/<name><suffix>.json (e.g. _quick)")
@@ -302,6 +321,8 @@ def main() -> None:
       "time separate, peak RSS per workload (kernel counter reset before each) and XLA's memory analysis; "
       "MFU = XLA cost-analysis flops / median step time / the float32 matmul rate (2048², jitted) measured in the "
       "same run.",
+      "",
+      train_step_provenance(vq, pr, rows_by_name(pj)),
       "",
       "## Runs",
       "",

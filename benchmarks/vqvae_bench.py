@@ -5,9 +5,10 @@ Each workload is compiled ahead of time (compile time reported separately), run 
 memory analysis. The machine's float32 matmul rate (2048^2, jitted) is measured in the same run, and model-FLOPs
 utilisation is XLA's cost-analysis flops / step time / that rate.
 
-The train step is the trainer's (`videogpt_jax/train/vqvae_trainer.py`) reduced to its arithmetic: Adam
-(optax), loss + grad + update under one `jax.jit`, `batch_stats` and `codebook` updated by the forward pass
-(`rngs={"codebook": ...}`), optional bf16 compute over float32 parameters.
+The train step is the VQ-VAE trainer's own (`videogpt_jax.train.steps.vqvae_program` for the trainer's default
+config around each model): reconstruction + commitment loss, `batch_stats` and the EMA codebook updated by the
+forward pass, global-norm clipping, Adam on the cosine schedule, the state's shardings and donation, one
+`jax.jit`; optional bf16 compute over float32 parameters and optimizer state.
 
   python benchmarks/vqvae_bench.py                # writes benchmarks/results/vqvae_bench.json
   python benchmarks/vqvae_bench.py --quick        # tiny shapes, seconds: checks the script, not the speed
@@ -20,11 +21,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 from benchmarks import harness  # noqa: E402
+from videogpt_jax import sharding  # noqa: E402
 from videogpt_jax.models import vqvae as vqvae_lib  # noqa: E402
+from videogpt_jax.train import steps  # noqa: E402
 
 # The reference workloads (original PyTorch VideoGPT on a 2-core machine of this kind, float32, 2 threads).
 SMALL = dict(embedding_dim=64, n_codes=512, n_hiddens=128, n_res_layers=2, downsample=(4, 4, 4))
@@ -61,33 +63,14 @@ def build(model_kwargs: dict[str, Any], clip: tuple[int, int, int], batch: int, 
   return model, variables, video
 
 
-def make_train_step(model: vqvae_lib.VQVAE, tx: optax.GradientTransformation, compute_dtype: Any = jnp.float32):
-  """`step(state, video) -> (state, metrics)` with `state = (params, opt_state, model_state, rng)`."""
-  def cast(tree):
-    return jax.tree.map(lambda x: x.astype(compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-  def step(state, video):
-    params, opt_state, model_state, rng = state
-    rng, codebook_rng = jax.random.split(rng)
-
-    def loss_fn(p):
-      (_, aux), new_state = model.apply({"params": cast(p), **model_state}, video.astype(compute_dtype),
-                                        train=True, mutable=["batch_stats", "codebook"],
-                                        rngs={"codebook": codebook_rng})
-      return aux["loss"], (aux, new_state)
-
-    (loss, (aux, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    new_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, model_state)
-    metrics = {"loss": loss, "perplexity": aux["perplexity"]}
-    return (optax.apply_updates(params, updates), opt_state, new_state, rng), metrics
-
-  return step
-
-
-def train_state(variables, tx):
-  params = variables["params"]
-  return (params, tx.init(params), {k: variables[k] for k in ("batch_stats", "codebook")}, jax.random.PRNGKey(2))
+def train_program(model_kwargs: dict[str, Any], clip: tuple[int, int, int], batch: int, dtype: Any = jnp.float32,
+                  conv_impl: str = "auto", remat: bool = False, mesh: tuple[int, int, int] = (-1, 1, 1)
+                  ) -> tuple[steps.TrainProgram, Any, dict[str, jax.Array]]:
+  """`(program, state, batch)`: the VQ-VAE trainer's program for this model, its initial state, a random batch."""
+  config = harness.vqvae_config({**model_kwargs, "conv_impl": conv_impl, "remat": remat}, clip, batch,
+                                dtype=jnp.dtype(dtype).name, mesh=mesh)
+  program = steps.vqvae_program(config, sharding.make_mesh(config))
+  return program, program.init(program.init_rng), harness.random_batch(program.abstract_batch, {})
 
 
 def run_workload(name: str, spec: dict[str, Any], args, matmul: float, deadline: float | None) -> dict[str, Any]:
@@ -96,17 +79,17 @@ def run_workload(name: str, spec: dict[str, Any], args, matmul: float, deadline:
   if args.quick:
     model_kwargs, clip = TINY, TINY_CLIP
   dtype = jnp.dtype(spec.get("dtype", "float32"))
-  model, variables, video = build(model_kwargs, clip, spec["batch"], args.conv_impl)
   row: dict[str, Any] = {"name": name, **{k: v for k, v in spec.items() if k != "model"},
                          "model_name": spec["model"], "model": {k: list(v) if isinstance(v, tuple) else v
                                                                 for k, v in model_kwargs.items()},
                          "clip": list(clip), "dtype": str(dtype), "conv_impl": args.conv_impl}
   timing = dict(warmup=args.warmup, repeats=args.repeats, deadline=deadline, matmul_flops=matmul)
   if spec["kind"] == "train":
-    tx = optax.adam(7e-4)
-    state = train_state(variables, tx)
-    row.update(harness.measure(make_train_step(model, tx, dtype), (state, video), stateful=True, **timing))
+    program, state, batch = train_program(model_kwargs, clip, spec["batch"], dtype, args.conv_impl)
+    row["train_step"] = "videogpt_jax.train.steps"
+    row.update(harness.measure(program.train_step, (state, batch), stateful=True, **timing))
   else:
+    model, variables, video = build(model_kwargs, clip, spec["batch"], args.conv_impl)
     codes = jax.jit(lambda v, x: model.apply(v, x, method=vqvae_lib.VQVAE.encode_to_indices))(variables, video)
     if dtype != jnp.float32:  # every float variable (BatchNorm statistics, codebook) too, or they promote to f32
       variables = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
@@ -144,7 +127,8 @@ def main() -> None:
   args = parser.parse_args()
   harness.run_suite(
       args, WORKLOADS, default_name="vqvae_bench", run_workload=run_workload, report=report,
-      description="VQ-VAE train step (Adam, loss+grad+update in one jit), encode_to_indices and "
+      description="VQ-VAE train step (the trainer's: clipping, Adam on the schedule, shardings and donation; one "
+                  "jit), encode_to_indices and "
                   "decode_from_indices on CPU; median of timed steps after warm-up; compile separate.")
 
 

@@ -27,11 +27,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import demo_metrics, launch
-from videogpt_jax import sharding, visualize
+from videogpt_jax import inference, sharding, visualize
 from videogpt_jax.evaluation import base
 from videogpt_jax.evaluation.evaluators import bits_per_dim, reconstruction
 from videogpt_jax.models import sampling, sliding_window
-from videogpt_jax.train import common, encode_dataset, gpt_trainer, load, vqvae_trainer
+from videogpt_jax.train import codes_file, common, inputs, gpt_trainer, vqvae_trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "demo_moving_mnist.py"),
@@ -64,7 +64,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
 
   _banner(1, n_stages, "Moving MNIST dataset")
   t0 = time.perf_counter()
-  builder = common.load_builder(config.vqvae)
+  builder = inputs.load_builder(config.vqvae)
   logging.info("dataset %s: %s", builder.info.full_name,
                {k: v.num_examples for k, v in builder.info.splits.items()})
   timings["data_s"] = time.perf_counter() - t0
@@ -79,11 +79,11 @@ def run(config, workdir: str | os.PathLike) -> dict:
   _banner(3, n_stages, "encode the training split")
   t0 = time.perf_counter()
   mesh = sharding.make_mesh(config.gpt)
-  vqvae, vq_vars, _ = load.load_vqvae(workdir / "vqvae", mesh=mesh)
+  vqvae, vq_vars, _ = inference.load_vqvae(workdir / "vqvae", mesh=mesh)
   encode = jax.jit(lambda v, x: vqvae.apply(v, x, method=type(vqvae).encode_to_indices))
   codes_path = workdir / "codes_train.npz"
   if not codes_path.exists():
-    encode_dataset.save_codes(codes_path, _encode_windows(config, builder, mesh, encode, vq_vars, n_cond))
+    codes_file.save_codes(codes_path, _encode_windows(config, builder, mesh, encode, vq_vars, n_cond))
   with np.load(codes_path) as z:
     train_codes = z["codes"]
   usage = np.bincount(train_codes.ravel(), minlength=int(config.vqvae.model.n_codes)) > 0
@@ -101,9 +101,9 @@ def run(config, workdir: str | os.PathLike) -> dict:
 
   _banner(5, n_stages, "test-split reconstruction and bits/dim")
   t0 = time.perf_counter()
-  gpt, gpt_vars, _ = load.load_gpt(workdir / "gpt", mesh=mesh)
+  gpt, gpt_vars, _ = inference.load_gpt(workdir / "gpt", mesh=mesh)
   max_batches = int(config.eval_batches) or None
-  eval_iter = lambda: common.make_eval_iterator(config.gpt, mesh, builder, n_cond_frames=n_cond)  # noqa: E731
+  eval_iter = lambda: inputs.make_eval_iterator(config.gpt, mesh, builder, n_cond_frames=n_cond)  # noqa: E731
   recon, _ = reconstruction.evaluate((vqvae, vq_vars), base.limited(eval_iter(), max_batches, "reconstruction"))
   bpd = bits_per_dim.evaluate((gpt, gpt_vars), (vqvae, vq_vars),
                               base.limited(eval_iter(), max_batches, "bits_per_dim"))
@@ -112,7 +112,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
   _banner(6, n_stages, "samples and baselines on the test split")
   t0 = time.perf_counter()
   # 2x-length test clips: the first `seq_len` frames are the prior's clip, the rest the real continuation.
-  long_iter = common.make_eval_iterator(_with_seq_len(config.gpt, 2 * seq_len), mesh, builder)
+  long_iter = inputs.make_eval_iterator(_with_seq_len(config.gpt, 2 * seq_len), mesh, builder)
   real_long = _first_clips(long_iter, int(config.eval_clips))
   real = real_long[:, :seq_len]
   n_eval = len(real)
@@ -220,7 +220,7 @@ def _encode_windows(config, builder, mesh, encode, variables, n_cond: int) -> di
   enc = _with_seq_len(config.gpt, n_windows * seq_len)
   enc.data.eval_split = enc.data.split
   out = {"codes": [], "cond_frames": []}
-  iterator = common.make_eval_iterator(enc, mesh, builder)
+  iterator = inputs.make_eval_iterator(enc, mesh, builder)
   for i, batch in enumerate(iterator):
     if i % 50 == 0:
       logging.info("encoding batch %d / %d", i + 1, len(iterator))

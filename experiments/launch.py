@@ -18,11 +18,16 @@ def define_flags(workdir_help: str) -> None:
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. experiments/configs/vqvae_bair.py:runlocal.",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, workdir_help)
+  define_distributed_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_distributed_flags() -> None:
+  """The multi-host flags `setup` reads (for entry points without a config or workdir, e.g. sampling)."""
   flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host), or 'auto' on a Cloud TPU pod / SLURM / Open MPI job; "
                       "default $JAX_COORDINATOR_ADDRESS.")
   flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host); default $JAX_NUM_PROCESSES or 1.")
   flags.DEFINE_integer("process_id", None, "This process's index (multi-host); default $JAX_PROCESS_ID.")
-  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def check_distributed_flags(coordinator_address: str | None, num_processes: int | None,

@@ -3,7 +3,9 @@ r"""Samples videos from a trained prior and writes them as a GIF grid and an `.n
   python -m experiments.sample --gpt_workdir=/tmp/gpt --vqvae_workdir=/tmp/vqvae --output=/tmp/samples \
       --num_samples=8 [--labels=0,5,...] [--temperature=1.0 --top_k=... --top_p=...]
 
-A frame-conditional prior takes its conditioning frames from the first clips of its config's eval split.
+A frame-conditional prior takes its conditioning frames from the first clips of its config's eval split. Multi-host
+flags as in train_vqvae.py: every process joins (a pod slice's processes must), each samples the same videos on its
+own devices, process 0 writes them.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import numpy as np
 from absl import flags, logging
 
 import videogpt_jax
-from videogpt_jax import checkpointing, cli
+from experiments import launch
+from videogpt_jax import checkpointing, cli, inference
 from videogpt_jax.models import conditioning, sampling
-from videogpt_jax.train import common, config_checks, load
+from videogpt_jax.train import common, config_checks
 
 flags.DEFINE_string("gpt_workdir", None, "Workdir of a train_gpt.py run.")
 flags.DEFINE_string("vqvae_workdir", None, "Workdir of its VQ-VAE (default: the one in the GPT's config).")
@@ -47,6 +50,7 @@ def _saved_kind(flag: str, workdir: str) -> str:
 
 def check_flags() -> None:
   """Everything the flags can say is wrong, before JAX starts or anything is written."""
+  launch.check_distributed_flags(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   kind = _saved_kind("--gpt_workdir", FLAGS.gpt_workdir)
   if kind != "gpt":
     raise cli.UsageError(f"--gpt_workdir={FLAGS.gpt_workdir}: holds a {kind}, not a prior (a train_gpt.py workdir)")
@@ -70,8 +74,9 @@ def check_flags() -> None:
 def main(argv):
   cli.no_extra_args(argv)
   check_flags()
-  gpt, variables, config = load.load_gpt(FLAGS.gpt_workdir, FLAGS.step)
-  vqvae, vq_vars, _ = load.load_vqvae(FLAGS.vqvae_workdir or config.vqvae_workdir)
+  launch.setup()
+  gpt, variables, config = inference.load_gpt(FLAGS.gpt_workdir, FLAGS.step)
+  vqvae, vq_vars, _ = inference.load_vqvae(FLAGS.vqvae_workdir or config.vqvae_workdir)
   n = FLAGS.num_samples
   cond = labels = None
   if gpt.class_cond_dim:
@@ -80,7 +85,8 @@ def main(argv):
     labels = np.asarray([int(x) for x in FLAGS.labels], np.int32)
   if gpt.n_cond_frames:
     from videogpt_jax.data import pipeline  # Deferred: the data pipeline imports TensorFlow.
-    it = pipeline.make_eval_iterator(common.load_builder(config), split=config.data.get("eval_split", "test"),
+    from videogpt_jax.train import inputs
+    it = pipeline.make_eval_iterator(inputs.load_builder(config), split=config.data.get("eval_split", "test"),
                                      global_batch_size=n, sharding=None, seq_len=int(config.data.seq_len),
                                      resolution=int(config.data.resolution), n_cond_frames=gpt.n_cond_frames)
     cond = next(iter(it))["cond_frames"]
@@ -88,6 +94,8 @@ def main(argv):
                               cond=conditioning.make_cond(frames=cond, label=labels),
                               temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
   video = np.asarray(sampling.decode_to_video(vqvae, vq_vars, codes))  # (n, T, H, W, 3) uint8
+  if not common.is_main_process():
+    return
   os.makedirs(FLAGS.output, exist_ok=True)
   np.savez(os.path.join(FLAGS.output, "samples.npz"), codes=np.asarray(codes), video=video)
   # One GIF: the clips side by side, frame by frame.
@@ -97,4 +105,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  launch.define_distributed_flags()
   cli.run(main)

@@ -1,9 +1,13 @@
 """The only file that knows Orbax: save and restore a train state with its config and data-iterator state.
 
-A checkpoint step holds three items:
-- `state`: the train state (any pytree of `jax.Array`s), written asynchronously by every process for its shards;
+A checkpoint step holds these items:
+- `params`, `model_state`: the model's variables (what inference restores, alone);
+- `training`: the rest of the train state (`step`, `opt_state`);
+  all three written asynchronously by every process for its shards;
 - `config`: the run's config as JSON, so a checkpoint alone says how to rebuild its model;
 - `data`: the data iterator's position as JSON, so a resumed run reads the same batches it would have read.
+A state without `params`/`model_state` fields (e.g. the variables `videogpt_jax.convert` writes) is one `state`
+item, which is also how train states were written before; both layouts are read.
 
 Restoring takes an abstract state (`jax.ShapeDtypeStruct`s carrying the *target* shardings), so a checkpoint saved
 on one mesh restores onto any other. A checkpoint that does not match the abstract state, or cannot be read,
@@ -34,6 +38,12 @@ from jax.experimental import multihost_utils
 
 QUARANTINE = "quarantine"
 _GOOD_STEP = "good_step"  # Orbax metric: the step number when the saved state was verified finite, else -1.
+
+
+VARIABLE_ITEMS = ("params", "model_state")
+TRAINING_ITEM = "training"
+SINGLE_ITEM = "state"
+_ARRAY_ITEMS = (*VARIABLE_ITEMS, TRAINING_ITEM, SINGLE_ITEM)
 
 
 class CheckpointError(RuntimeError):
@@ -68,6 +78,23 @@ class Restored:
   state: Any
   config: dict
   data_state: dict
+
+
+def _is_train_state(state: Any) -> bool:
+  return all(hasattr(state, f) for f in ("step", "params", "opt_state", "model_state"))
+
+
+def _items(state: Any) -> dict[str, Any]:
+  """The array items `state` is written as (see the module docstring)."""
+  if not _is_train_state(state):
+    return {SINGLE_ITEM: state}
+  return {"params": state.params, "model_state": state.model_state,
+          TRAINING_ITEM: {"step": state.step, "opt_state": state.opt_state}}
+
+
+def _has_leaves(tree: Any) -> bool:
+  # Orbax refuses to write an empty tree; an empty item is skipped and restored as the (empty) target itself.
+  return bool(_leaves_with_path(tree))
 
 
 def _to_json(config: Any) -> dict:
@@ -121,8 +148,8 @@ class Checkpointer:
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(self.directory, options=self._options, item_handlers={
-        "state": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler(),
-        "data": ocp.JsonCheckpointHandler()})
+        **{name: ocp.StandardCheckpointHandler() for name in _ARRAY_ITEMS},
+        "config": ocp.JsonCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
 
   def _quarantine_unreadable_metadata(self) -> bool:
     """Moves aside the steps whose step metadata or metrics are not JSON (Orbax cannot list the directory then)."""
@@ -160,8 +187,9 @@ class Checkpointer:
     """
     if step in self._manager.all_steps():
       return False
+    arrays = {name: ocp.args.StandardSave(tree) for name, tree in _items(state).items() if _has_leaves(tree)}
     args = ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        **arrays,
         config=ocp.args.JsonSave(_to_json(config)),
         data=ocp.args.JsonSave(dict(data_state or {})))
     clean_metrics = {_GOOD_STEP: float(step) if good else -1.0}
@@ -202,16 +230,75 @@ class Checkpointer:
     """
     step = self._resolve(step)
     where = f"checkpoint step {step} in {self.directory}"
-    self._check_compatible(abstract_state, step, where)
+    if _is_train_state(abstract_state) and SINGLE_ITEM not in self._saved_items(step, where):
+      targets = _items(abstract_state)
+    else:  # Anything else, and train states written before they were split into items.
+      targets = {SINGLE_ITEM: abstract_state}
+    out = self._restore_items(targets, step, where)
+    state = out[SINGLE_ITEM] if SINGLE_ITEM in targets else abstract_state.replace(
+        params=out["params"], model_state=out["model_state"], step=out[TRAINING_ITEM]["step"],
+        opt_state=out[TRAINING_ITEM]["opt_state"])
+    logging.info("checkpoint: restored step %d from %s", step, self.directory)
+    return Restored(step=step, state=state, config=dict(out["config"]), data_state=dict(out["data"] or {}))
+
+  def restore_variables(self, abstract_params: Any, abstract_model_state: Any, step: int | None = None
+                        ) -> Restored:
+    """Restores only a train state's `params` and `model_state` (inference: no optimizer state is read or built).
+
+    Returns `Restored` whose `state` is `{"params": ..., "model_state": ...}`; arguments and errors as `restore`.
+    """
+    step = self._resolve(step)
+    where = f"checkpoint step {step} in {self.directory}"
+    targets = {"params": abstract_params, "model_state": abstract_model_state}
+    if SINGLE_ITEM in self._saved_items(step, where):
+      out = self._restore_single_item_part(targets, step, where)
+    else:
+      out = self._restore_items(targets, step, where)
+    logging.info("checkpoint: restored the variables of step %d from %s", step, self.directory)
+    return Restored(step=step, state={k: out[k] for k in targets}, config=dict(out["config"]),
+                    data_state=dict(out["data"] or {}))
+
+  def _saved_items(self, step: int, where: str) -> Mapping[str, Any]:
+    try:
+      return self._manager.item_metadata(step)
+    except Exception as e:
+      raise DamagedCheckpointError(f"cannot read {where}: {_brief(e)}", "metadata") from e
+
+  def _restore_items(self, targets: Mapping[str, Any], step: int, where: str) -> dict[str, Any]:
+    """Reads the array items `targets` (name -> abstract tree) and the JSON items."""
+    saved = self._saved_items(step, where)
+    present = {name: tree for name, tree in targets.items() if _has_leaves(tree)}
+    self._check_compatible({name: saved.get(name) for name in present}, present, where)
     try:
       out = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
+          **{name: ocp.args.StandardRestore(tree) for name, tree in present.items()},
           config=ocp.args.JsonRestore(),
           data=ocp.args.JsonRestore()))
     except Exception as e:
       raise DamagedCheckpointError(f"cannot restore {where}: {_brief(e)}", "data") from e
-    logging.info("checkpoint: restored step %d from %s", step, self.directory)
-    return Restored(step=step, state=out["state"], config=dict(out["config"]), data_state=dict(out["data"] or {}))
+    return {**targets, **{name: out[name] for name in present}, "config": out["config"], "data": out["data"]}
+
+  def _restore_single_item_part(self, targets: Mapping[str, Any], step: int, where: str) -> dict[str, Any]:
+    """Reads the parts `targets` of a train state written as one `state` item, leaving the rest on disk."""
+    saved = self._saved_items(step, where)
+    self._check_compatible({SINGLE_ITEM: saved.get(SINGLE_ITEM)}, {SINGLE_ITEM: dict(targets)}, where,
+                           partial=True)
+    # Only Orbax's PyTree handler restores part of a tree; it reads what the standard handler wrote.
+    reader = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                   item_handlers={SINGLE_ITEM: ocp.PyTreeCheckpointHandler(),
+                                                  "config": ocp.JsonCheckpointHandler(),
+                                                  "data": ocp.JsonCheckpointHandler()})
+    try:
+      out = reader.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(dict(targets), restore_args=ocp.checkpoint_utils.construct_restore_args(
+              dict(targets)), partial_restore=True),
+          config=ocp.args.JsonRestore(),
+          data=ocp.args.JsonRestore()))
+    except Exception as e:
+      raise DamagedCheckpointError(f"cannot restore {where}: {_brief(e)}", "data") from e
+    finally:
+      reader.close()
+    return {**out[SINGLE_ITEM], "config": out["config"], "data": out["data"]}
 
   def restore_newest_good(self, abstract_state: Any) -> Restored | None:
     """Restores the newest step that restores and holds only finite arrays; None if there is no step at all.
@@ -277,20 +364,28 @@ class Checkpointer:
       raise CheckpointError(f"checkpoint step {step} not found in {self.directory} (have {sorted(steps)})")
     return step
 
-  def _check_compatible(self, abstract_state: Any, step: int, where: str) -> None:
-    """Compares the saved tree (paths, shapes) with `abstract_state` before reading any array."""
-    try:
-      saved = self._manager.item_metadata(step)["state"]
-    except Exception as e:
-      raise DamagedCheckpointError(f"cannot read {where}: {_brief(e)}", "metadata") from e
-    if saved is None:
-      raise DamagedCheckpointError(f"cannot read {where}: its 'state' item has no metadata (incomplete or corrupt)",
-                                   "metadata")
-    saved_leaves = {_path_name(p): leaf for p, leaf in _leaves_with_path(saved)}
-    want_leaves = {_path_name(p): leaf for p, leaf in _leaves_with_path(abstract_state)}
+  def _check_compatible(self, saved: Mapping[str, Any], wanted: Mapping[str, Any], where: str,
+                        partial: bool = False) -> None:
+    """Compares the saved trees (paths, shapes) of each item with the abstract ones before reading any array.
+
+    Paths are spelled as in the whole train state (`params.w`, `opt_state.1.0.mu.w`) whichever item holds them;
+    with `partial`, what the checkpoint holds beyond `wanted` is not a mismatch.
+    """
+    saved_leaves, want_leaves = {}, {}
+    for name, tree in saved.items():
+      if tree is None:
+        raise DamagedCheckpointError(f"cannot read {where}: its {name!r} item has no metadata (incomplete or "
+                                     "corrupt)", "metadata")
+      saved_leaves.update({_item_path(name, p): leaf for p, leaf in _leaves_with_path(tree)})
+    for name, tree in wanted.items():
+      want_leaves.update({_item_path(name, p): leaf for p, leaf in _leaves_with_path(tree)})
     problems = []
     for key in sorted(set(saved_leaves) ^ set(want_leaves)):
-      problems.append(f"{key} {'only in the checkpoint' if key in saved_leaves else 'missing from the checkpoint'}")
+      if key in saved_leaves:
+        if not partial:
+          problems.append(f"{key} only in the checkpoint")
+      else:
+        problems.append(f"{key} missing from the checkpoint")
     for key in sorted(set(saved_leaves) & set(want_leaves)):
       got, want = tuple(saved_leaves[key].shape), tuple(want_leaves[key].shape)
       if got != want:
@@ -298,6 +393,11 @@ class Checkpointer:
     if problems:
       shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
       raise IncompatibleCheckpointError(f"{where} is incompatible with this model/config:\n  {shown}")
+
+
+def _item_path(item: str, path) -> str:
+  name = _path_name(path)
+  return name if item in (SINGLE_ITEM, TRAINING_ITEM) else f"{item}.{name}"
 
 
 def _path_name(path) -> str:

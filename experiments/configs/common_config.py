@@ -20,8 +20,11 @@ def _base() -> ml_collections.ConfigDict:
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.grad_clip = 1.0
-  config.compute_dtype = "float32"  # "bfloat16": bf16 compute over float32 parameters
-  config.remat = "none"  # "dots" | "full": rematerialise the loss's forward pass with that policy
+  # "bfloat16": bf16 compute over float32 parameters and optimizer state (both stages).
+  config.compute_dtype = "float32"
+  # Rematerialisation is `config.model.remat` (per residual / transformer block, both stages).
+  # "cpu" | "gpu" | "tpu": the platform the models' formulations are chosen for; "": that of the mesh's devices.
+  config.platform = ""
   config.log_every = 50
   # Evaluators of this stage (videogpt_jax/evaluation/evaluators/<name>.py, format in evaluation/suite.py):
   # `eval_options.<name>` holds that evaluator's keyword options, `every` its own period in steps.

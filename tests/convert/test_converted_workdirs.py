@@ -1,4 +1,4 @@
-"""A converted original checkpoint is a model directory like a training workdir: `train.load` rebuilds it."""
+"""A converted original checkpoint is a model directory like a training workdir: `inference` rebuilds it."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 
 from tests import fixtures
 from videogpt_jax.convert.torch_videogpt import load_gpt
+from videogpt_jax import inference
 from videogpt_jax.models import conditioning
-from videogpt_jax.train import load
 
 torch = pytest.importorskip("torch")
 
@@ -24,12 +24,12 @@ def test_load_vqvae_from_a_converted_directory(tmp_path):
   _lightning(sd, args, tmp_path / "vqvae.ckpt")
   out = convert(tmp_path / "vqvae.ckpt", tmp_path / "vqvae", kind="vqvae")
 
-  module, variables, config = load.load_vqvae(out)
+  module, variables, config = inference.load_vqvae(out)
   assert config.kind == "vqvae" and config.data.resolution == 32 and config.model.n_codes == 64
   codes = module.apply(variables, fixtures.nthwc(z["x"]), method=type(module).encode_to_indices)
   np.testing.assert_array_equal(np.asarray(codes), z["codes"])
   with pytest.raises(Exception, match="converted vqvae, not a gpt"):
-    load.load_gpt(out)
+    inference.load_gpt(out)
 
 
 def test_load_gpt_from_a_converted_directory(tmp_path):
@@ -41,7 +41,7 @@ def test_load_gpt_from_a_converted_directory(tmp_path):
   _lightning(sd, args, tmp_path / "gpt.ckpt")
   out = convert(tmp_path / "gpt.ckpt", tmp_path / "gpt", kind="gpt")
 
-  module, variables, _ = load.load_gpt(out)
+  module, variables, _ = inference.load_gpt(out)
   reference, ref_vars = load_gpt(sd, **args)
   assert module.class_cond_dim == reference.class_cond_dim == 5
   codes, labels = z["codes"].astype(np.int32), z["labels"].astype(np.int32)

@@ -31,7 +31,7 @@ from videogpt_jax import inference, sharding
 from videogpt_jax.convert.__main__ import convert
 from videogpt_jax.evaluation import fvd, runner
 from videogpt_jax.evaluation.evaluators import fvd as fvd_eval
-from videogpt_jax.train import common
+from videogpt_jax.train import common, inputs, steps
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SEQ_LEN = 16
@@ -62,7 +62,7 @@ def run_command(**flag_values) -> dict:
 def first_batch(config, batch_size: int, n_cond_frames: int = 0) -> dict[str, np.ndarray]:
   """The first (unsharded) evaluation batch of the model config's test split."""
   from videogpt_jax.data import pipeline
-  it = pipeline.make_eval_iterator(common.load_builder(config), split="test", global_batch_size=batch_size,
+  it = pipeline.make_eval_iterator(inputs.load_builder(config), split="test", global_batch_size=batch_size,
                                    sharding=None, seq_len=int(config.data.seq_len),
                                    resolution=int(config.data.resolution),
                                    n_cond_frames=n_cond_frames)
@@ -72,14 +72,12 @@ def first_batch(config, batch_size: int, n_cond_frames: int = 0) -> dict[str, np
 @pytest.fixture(scope="session")
 def untrained_vqvae(tmp_path_factory):
   """A step-0 checkpoint of the runlocal VQ-VAE (4-frame clips; saved as the trainer saves it), never trained."""
-  from videogpt_jax.train import vqvae_trainer
   root = tmp_path_factory.mktemp("untrained")
   config = vqvae_moving_mnist.get_config("runlocal")
   config.data.data_dir = str(root / "data")
-  model = vqvae_trainer.build_model(config)
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"mesh": (1, 1, 1), "num_devices": 1}))
-  init = vqvae_trainer.init_fn(config, model, common.make_optimizer(config))
-  state, _, _ = common.sharded_init(init, jax.random.key(0), mesh)
+  program = steps.vqvae_program(config, mesh)
+  state = program.init(jax.random.key(0))
   checkpointer = common.make_checkpointer(config, root / "vqvae")
   checkpointer.save(0, state, config=config)
   checkpointer.close()

@@ -40,7 +40,7 @@ def _largest(folder: pathlib.Path) -> pathlib.Path:
 
 
 def _truncate_data(root):
-  data = _largest(root / "2" / "state")
+  data = _largest(root / "2" / "params")
   data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
 
 
@@ -86,12 +86,12 @@ def _nan_arrays(root):
 DAMAGE = {
     "truncated data file": (_truncate_data, "metadata"),
     "cut-short metrics file": (_cut_short("metrics", "metrics"), "metadata"),
-    "garbage tree metadata": (_garbage("state", "_METADATA"), "metadata"),
-    "garbage array manifest": (_garbage("state", "manifest.ocdbt"), "metadata"),
+    "garbage tree metadata": (_garbage("params", "_METADATA"), "metadata"),
+    "garbage array manifest": (_garbage("params", "manifest.ocdbt"), "metadata"),
     "garbage config json": (_garbage("config", "metadata"), "data"),
     "zero-length files": (_zero_length, "metadata"),
-    "missing state item": (_remove(["state"]), "metadata"),
-    "missing array files": (_remove(["state", "d"], ["state", "ocdbt.process_0"]), "metadata"),
+    "missing params item": (_remove(["params"]), "metadata"),
+    "missing array files": (_remove(["params", "d"], ["params", "ocdbt.process_0"]), "metadata"),
     "empty stray step folder": (_empty_stray, "empty"),
     "NaN arrays": (_nan_arrays, "nonfinite"),
 }
@@ -149,7 +149,7 @@ def test_no_step_restores_is_one_error_and_all_are_kept_aside(tmp_path):
     ckpt.save(step, _state(), config={}, data_state={}, good=True)
   ckpt.close()
   (root / "1" / "metrics" / "metrics").write_bytes(b"")  # Orbax cannot even list the directory with this one
-  (root / "2" / "state" / "_METADATA").write_bytes(b"{")
+  (root / "2" / "params" / "_METADATA").write_bytes(b"{")
   with pytest.raises(checkpointing.CheckpointError, match="none of the checkpoints"):
     checkpointing.Checkpointer(root).restore_newest_good(_abstract(_state()))
   assert sorted(p.name for p in (root / "quarantine").iterdir()) == ["1-metadata", "2-metadata"]

@@ -113,7 +113,7 @@ def test_corrupt_checkpoint_is_one_clear_error_and_left_untouched(tmp_path):
   ckpt.save(7, state, config={}, data_state={})
   ckpt.wait()
   # Damage every file of the array store (as a truncated copy or a disk error would).
-  for path in (tmp_path / "7" / "state").rglob("*"):
+  for path in (tmp_path / "7" / "params").rglob("*"):
     if path.is_file():
       path.write_bytes(b"\x00garbage")
   before = _files(tmp_path)

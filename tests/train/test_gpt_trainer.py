@@ -7,8 +7,8 @@ import pytest
 from experiments.configs import gpt_bair, gpt_moving_mnist, gpt_ucf101
 from tests.train.synthetic import SyntheticIterator, clips
 from tests.train.test_vqvae_trainer import tiny_config as tiny_vqvae_config
-from videogpt_jax import sharding
-from videogpt_jax.train import encode_dataset, gpt_trainer, load, vqvae_trainer
+from videogpt_jax import inference, sharding
+from videogpt_jax.train import codes_file, gpt_trainer, vqvae_trainer
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ def test_prior_trains_on_the_fly_codes_and_loads(vqvae_workdir, tmp_path):
   loss = [m["loss"] for _, m in result.history]
   assert len(loss) == 16 and np.mean(loss[-4:]) < 0.8 * np.mean(loss[:4]), loss
   assert loss[0] == pytest.approx(np.log(32), rel=0.05)  # fc_out starts at zero: uniform over K = 32 codes
-  gpt, variables, saved = load.load_gpt(tmp_path)
-  _, vq_vars, _ = load.load_vqvae(vqvae_workdir)
+  gpt, variables, saved = inference.load_gpt(tmp_path)
+  _, vq_vars, _ = inference.load_vqvae(vqvae_workdir)
   np.testing.assert_array_equal(np.asarray(variables["codebook"]["embeddings"]),
                                 np.asarray(vq_vars["codebook"]["embeddings"]))
   assert tuple(saved.derived.shape) == gpt.shape == (2, 4, 4)
@@ -53,26 +53,26 @@ def test_prior_trains_on_the_fly_codes_and_loads(vqvae_workdir, tmp_path):
 
 @pytest.mark.slow
 def test_prior_trains_from_pre_encoded_codes_and_resumes_their_order(vqvae_workdir, tmp_path):
-  vqvae, vq_vars, _ = load.load_vqvae(vqvae_workdir)
+  vqvae, vq_vars, _ = inference.load_vqvae(vqvae_workdir)
   video = np.concatenate([clips(0, i, 8, 4, 16) for i in range(3)])
   codes = np.asarray(vqvae.apply(vq_vars, video, method=type(vqvae).encode_to_indices))
   path = tmp_path / "codes.npz"
-  encode_dataset.save_codes(path, {"codes": codes})
+  codes_file.save_codes(path, {"codes": codes})
   config = tiny_config(vqvae_workdir, codes_path=str(path), total_steps=6, checkpoint_every=3)
   result = gpt_trainer.train_and_evaluate(config, tmp_path / "run")
   assert [s for s, _ in result.history] == list(range(1, 7))
   # The iterator: same batches for any restart point, every clip once per epoch.
   mesh = sharding.make_mesh(config)
-  it = encode_dataset.CodesIterator(path, global_batch_size=8, mesh=mesh, seed=0)
+  it = codes_file.CodesIterator(path, global_batch_size=8, mesh=mesh, seed=0)
   batches = [np.asarray(next(it)["codes"]) for _ in range(5)]
   epoch = np.concatenate(batches[:3])
   assert sorted(map(bytes, epoch)) == sorted(map(bytes, codes))
-  resumed = encode_dataset.CodesIterator(path, global_batch_size=8, mesh=mesh, seed=0).restore({"step": 3, "seed": 0})
+  resumed = codes_file.CodesIterator(path, global_batch_size=8, mesh=mesh, seed=0).restore({"step": 3, "seed": 0})
   np.testing.assert_array_equal(np.asarray(next(resumed)["codes"]), batches[3])
   with pytest.raises(ValueError, match="seed"):
     resumed.restore({"step": 1, "seed": 5})
   with pytest.raises(FileNotFoundError, match="encode_dataset"):
-    encode_dataset.CodesIterator(tmp_path / "missing.npz", global_batch_size=8, mesh=mesh, seed=0)
+    codes_file.CodesIterator(tmp_path / "missing.npz", global_batch_size=8, mesh=mesh, seed=0)
 
 
 @pytest.mark.slow
@@ -85,7 +85,7 @@ def test_conditional_runlocal_configs_train(vqvae_workdir, tmp_path, module, arg
   result = gpt_trainer.train_and_evaluate(
       config, tmp_path, train_iter=SyntheticIterator(config, labels=labels, n_cond_frames=n_cond))
   assert result.step == 4 and np.isfinite([m["loss"] for _, m in result.history]).all()
-  gpt, _, saved = load.load_gpt(tmp_path)
+  gpt, _, saved = inference.load_gpt(tmp_path)
   assert gpt.n_cond_frames == n_cond and (gpt.class_cond_dim or 0) == labels
 
 
@@ -97,3 +97,20 @@ def test_missing_vqvae_workdir_is_a_clear_error(tmp_path):
   config.vqvae_workdir = ""
   with pytest.raises(ValueError, match="vqvae_workdir is required"):
     gpt_trainer.train_and_evaluate(config, tmp_path / "run", train_iter=iter(()))
+
+
+@pytest.mark.slow
+def test_samples_are_drawn_every_sample_every_steps_without_evals(vqvae_workdir, tmp_path, monkeypatch):
+  import videogpt_jax
+  drawn = []
+  real = videogpt_jax.sample
+
+  def spy(model, variables, rng, n, **kwargs):
+    drawn.append(n)
+    return real(model, variables, rng, n, **kwargs)
+
+  monkeypatch.setattr(videogpt_jax, "sample", spy)
+  config = tiny_config(vqvae_workdir, total_steps=4, checkpoint_every=4, eval_every=0, sample_every=2,
+                       num_samples=2)
+  gpt_trainer.train_and_evaluate(config, tmp_path, train_iter=SyntheticIterator(config))
+  assert drawn == [2, 2]  # steps 2 and 4

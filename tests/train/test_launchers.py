@@ -75,12 +75,12 @@ def test_unknown_or_ill_typed_override_is_a_clear_error(tmp_path):
 def test_missing_dataset_gives_the_builders_instructions(tmp_path):
   from experiments.configs import vqvae_bair
   from videogpt_jax.data.builders import ManualDataError
-  from videogpt_jax.train import common
+  from videogpt_jax.train import inputs
   config = vqvae_bair.get_config("runlocal")
   config.data.data_dir = str(tmp_path / "data")
   config.data.manual_dir = str(tmp_path / "empty")
   with pytest.raises(ManualDataError, match="bair_robot_pushing_dataset_v0.tar"):
-    common.load_builder(config)
+    inputs.load_builder(config)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ flags.DEFINE_string("args_json", None,
                     "(needed for plain state dicts, which store none).")
 
 
-# The module fields that rebuild it (`videogpt_jax.train.load`); compute-only settings keep their defaults.
+# The module fields that rebuild it (`videogpt_jax.inference`); compute-only settings keep their defaults.
 _MODULE_FIELDS = {
     "vqvae": ("embedding_dim", "n_codes", "n_hiddens", "n_res_layers", "downsample", "attention"),
     "gpt": ("shape", "n_codes", "embedding_dim", "hidden_dim", "heads", "layers", "attn_type", "n_cond_frames",

@@ -349,3 +349,20 @@ class GPT(nn.Module):
     x = self.norm(x, onehot)
     return self.fc_out(x.astype(self.dtype))[:, 0].astype(jnp.float32).reshape(b, self.n_codes), new_cache
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builder.
+# ---------------------------------------------------------------------------------------------------------------
+def gpt_from_config(config) -> GPT:
+  """The prior of `config.model` plus what its VQ-VAE fixes (`config.derived`: latent grid, codebook size and
+  width, frame shape, number of classes; written by the trainer), `config.compute_dtype` and `config.platform`
+  ("" or absent: the platform of this process's devices)."""
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model).items()}
+  class_cond = kwargs.pop("class_cond", False)
+  d = config.derived
+  return GPT(shape=tuple(d.shape), n_codes=int(d.n_codes), embedding_dim=int(d.embedding_dim),
+             frame_shape=tuple(d.frame_shape) if kwargs.get("n_cond_frames") else None,
+             class_cond_dim=int(d.class_cond_dim) if class_cond else None,
+             dtype=jnp.dtype(config.get("compute_dtype", "float32")),
+             platform=config.get("platform") or platforms.of_devices(jax.devices()), **kwargs)

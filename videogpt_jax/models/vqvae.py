@@ -234,3 +234,16 @@ class VQVAE(nn.Module):
     if codes.ndim != 4:
       raise ValueError(f"codes must be (B, t, h, w), got shape {codes.shape}")
     return self.decode(self.embed_codes(codes), train=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builder.
+# ---------------------------------------------------------------------------------------------------------------
+def vqvae_from_config(config) -> VQVAE:
+  """The VQ-VAE of `config.model` for `config.platform` ("" or absent: the platform of this process's devices).
+
+  `config.model`'s fields are the module's arguments, verbatim (lists, as a checkpoint's JSON config returns them,
+  become tuples: the module must stay hashable for jit's cache).
+  """
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config.model).items()}
+  return VQVAE(**kwargs, platform=config.get("platform") or platforms.of_devices(jax.devices()))

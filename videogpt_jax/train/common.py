@@ -1,5 +1,6 @@
-"""Pieces both trainers share: train state, optimizer, sharded init, multi-host setup, progress/TensorBoard,
-input pipeline and checkpoint helpers, NaN guard, preemption. The loop that uses them is `loop.run_loop`.
+"""Pieces both trainers share: train state, optimizer, platform, sharded init, multi-host setup,
+progress/TensorBoard, checkpoint helpers, NaN guard, preemption. The loop that uses them is `loop.run_loop`; the
+input pipelines are `inputs.py`.
 """
 from __future__ import annotations
 
@@ -19,9 +20,8 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from videogpt_jax import checkpointing
-from videogpt_jax import sharding
-from videogpt_jax import visualize
+from videogpt_jax import checkpointing, inference, sharding, visualize
+from videogpt_jax.models import platforms
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,15 +69,14 @@ def cast_floats(tree: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def remat_policy(name: str | None):
-  """`None`/"none": no rematerialisation; "dots": keep matmul outputs, recompute the rest; "full": keep nothing."""
-  if name in (None, "", "none"):
-    return None
-  policies = {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-              "full": jax.checkpoint_policies.nothing_saveable}
-  if name not in policies:
-    raise ValueError(f"config.remat must be one of none, {', '.join(policies)}; got {name!r}")
-  return policies[name]
+def resolve_platform(config: Any, mesh: jax.sharding.Mesh) -> Any:
+  """A copy of `config` whose `platform` ("" or absent: that of `mesh`'s devices) names the platform the program is
+  built for: the models choose their formulations by it, and the checkpointed config records it."""
+  platform = platforms.check(config.get("platform", "") or platforms.of_devices(mesh.devices.flat),
+                             "config.platform ('' for the mesh's)")
+  out = type(config)(config.to_dict()) if hasattr(config, "to_dict") else dict(config)
+  out["platform"] = platform
+  return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,49 +223,10 @@ class SummaryWriter:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Input pipeline.
-# ---------------------------------------------------------------------------------------------------------------
-def data_dir(config: Any) -> str:
-  """`config.data.data_dir`, defaulting to `$TFDS_DATA_DIR` or `~/tensorflow_datasets`."""
-  return os.path.expanduser(config.data.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
-                            or "~/tensorflow_datasets")
-
-
-def load_builder(config: Any):
-  """The prepared TFDS builder of `config.data` (built first if needed; a missing manual download raises the
-  builder's `ManualDataError`, whose message says what to put where)."""
-  from videogpt_jax.data import builders  # Deferred: TensorFlow is only imported once data is needed.
-  return builders.load_builder(config.data.name, data_dir(config), manual_dir=config.data.get("manual_dir") or None,
-                               config=config.data.get("builder_config") or None)
-
-
-def make_train_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n_cond_frames: int = 0):
-  """Global batches of `config.batch_size` random windows, sharded over the mesh's batch axes; the iterator
-  has `state()`/`restore()` for exact resumption."""
-  from videogpt_jax.data import pipeline
-  sharding.batch_size_per_process(int(config.batch_size), mesh)
-  return pipeline.make_train_iterator(
-      builder or load_builder(config), split=config.data.get("split", "train"),
-      global_batch_size=int(config.batch_size), sharding=sharding.batch_sharding(mesh),
-      seq_len=int(config.data.seq_len), resolution=int(config.data.resolution), seed=int(config.seed),
-      n_cond_frames=n_cond_frames, shuffle_buffer=int(config.data.get("shuffle_buffer", 2048)))
-
-
-def make_eval_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n_cond_frames: int = 0):
-  """One padded pass (`mask`) over `config.data.eval_split` with fixed windows, sharded like training."""
-  from videogpt_jax.data import pipeline
-  return pipeline.make_eval_iterator(
-      builder or load_builder(config), split=config.data.get("eval_split", "test"),
-      global_batch_size=int(config.get("eval_batch_size") or config.batch_size),
-      sharding=sharding.batch_sharding(mesh), seq_len=int(config.data.seq_len),
-      resolution=int(config.data.resolution), n_cond_frames=n_cond_frames)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Checkpoints.
 # ---------------------------------------------------------------------------------------------------------------
 def checkpoint_dir(workdir: str | os.PathLike) -> pathlib.Path:
-  return pathlib.Path(workdir) / "checkpoints"
+  return pathlib.Path(workdir) / inference.CHECKPOINTS
 
 
 def make_checkpointer(config: Any, workdir: str | os.PathLike) -> checkpointing.Checkpointer:

@@ -42,14 +42,14 @@ def run_loop(*, config: Any, state: TrainState, train_step: Callable, batches: I
     train_step: jitted `(state, batch) -> (state, metrics)`; `metrics["finite"]` (scalar bool) marks the
       checkpoints it verified as good (see `Checkpointer.save`).
     batches: yields global batches in order; `data_state()` describes the position after the last one drawn.
-    evals: `(step, state) -> {"scalars": {...}, "videos": {name: (B, T, H, W, 3)}}`, every `config.eval_every`.
+    evals: `(step, state) -> {"scalars": {...}, "videos": {name: (B, T, H, W, 3)}}` after every step; it returns
+      `{}` when nothing is due (each trainer has its own schedule: evals, samples).
     metrics_file: process 0 appends every step's metrics to it as JSON lines (`{"step": ..., "loss": ...}`);
       rows of steps after `state.step` (left by a run that stopped before its next checkpoint) are dropped first,
       so a resumed run writes each step once.
   """
   total = int(config.total_steps)
   log_every, ckpt_every = int(config.log_every), int(config.checkpoint_every)
-  eval_every = int(config.get("eval_every", 0) or 0)
   step = int(jax.device_get(state.step))
   progress = Progress(total, items_per_step, item_name, start_step=step)
   pending: list[tuple[int, Any]] = []
@@ -102,7 +102,7 @@ def run_loop(*, config: Any, state: TrainState, train_step: Callable, batches: I
         text, rates = progress.line(step, history[-1][1])
         logging.info("%s", text)
         writer.scalars(step, {**{f"train/{k}": v for k, v in history[-1][1].items()}, **rates})
-      if evals is not None and eval_every and (step % eval_every == 0 or step == total):
+      if evals is not None:
         out = evals(step, state)
         writer.scalars(step, out.get("scalars", {}))
         for name, video in out.get("videos", {}).items():
