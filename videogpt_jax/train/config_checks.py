@@ -11,7 +11,6 @@ import os
 from typing import Any
 
 _DTYPES = ("float32", "bfloat16", "float16")
-_REMAT = ("none", "dots", "full", "", None)
 
 
 class ConfigError(ValueError):
@@ -101,7 +100,8 @@ def check_train_config(config: Any, stage: str) -> None:
     _fail("warmup_steps", warmup, f"must be smaller than config.total_steps={total}")
   _choice(config, "lr_schedule", ("cosine", "constant"))
   _choice(config, "compute_dtype", _DTYPES)
-  _choice(config, "remat", _REMAT)
+  _choice(config, "model.remat", (True, False))  # per block: the one remat knob
+  _choice(config, "platform", ("", "cpu", "gpu", "tpu"))  # models.platforms.PLATFORMS, without importing JAX
   _choice(config, "best_mode", ("min", "max"))
   check_mesh(config)
   num_devices = _get(config, "num_devices")
