@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from experiments import launch
 from videogpt_jax import cli
-from videogpt_jax.train import gpt_trainer
 
 
 def main(argv):
   cli.no_extra_args(argv)
   launch.check_flags("gpt")
   launch.setup()
+  # Imported once the flags are checked: the trainer's input pipeline imports TensorFlow, which logs on import.
+  from videogpt_jax.train import gpt_trainer  # pylint: disable=import-outside-toplevel
   with cli.cleanup_on_failure(launch.FLAGS.workdir):
     gpt_trainer.train_and_evaluate(launch.FLAGS.config, launch.FLAGS.workdir)
 
