@@ -64,20 +64,12 @@ def vqvae_loss(model: vqvae_lib.VQVAE, params: Any, model_state: Mapping[str, An
   return aux["loss"], (aux, new_model_state)
 
 
-def gpt_conditioning(model: gpt_lib.GPT, batch: Mapping[str, jax.Array]) -> tuple[Any, Any]:
-  """`(cond_frames, labels)` of `batch` that `model` is conditioned on (None for what it does not take)."""
-  cond = batch["cond_frames"] if model.n_cond_frames else None
-  labels = batch["label"] if model.class_cond_dim else None
-  return cond, labels
-
-
 def gpt_clip_losses(model: gpt_lib.GPT, params: Any, model_state: Mapping[str, Any], batch: Mapping[str, Any],
                     rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
   """Per-clip mean cross-entropy `(B,)` in nats of the codes `batch["codes"] (B, t, h, w)` (plus `cond_frames` /
   `label` for a conditional prior); `rng` drives dropout when `deterministic=False`."""
   codes = jax.lax.stop_gradient(batch["codes"])
-  cond, labels = gpt_conditioning(model, batch)
-  logits = model.apply({"params": params, **model_state}, codes, cond_frames=cond, labels=labels,
+  logits = model.apply({"params": params, **model_state}, codes, model.cond_from_batch(batch),
                        deterministic=deterministic, rngs={"dropout": rng} if rng is not None else {})
   return cross_entropy(logits, codes).mean(axis=(1, 2, 3))
 
@@ -241,8 +233,7 @@ def gpt_init_fn(model: gpt_lib.GPT, optimizer: optax.GradientTransformation):
 
   def init(rng):
     example = {k: jnp.zeros(v.shape, v.dtype) for k, v in gpt_example_batch(model, 1).items()}
-    cond, labels = gpt_conditioning(model, example)
-    variables = model.init({"params": rng}, example["codes"], cond_frames=cond, labels=labels, deterministic=True)
+    variables = model.init({"params": rng}, example["codes"], model.cond_from_batch(example), deterministic=True)
     params = variables["params"]
     return common.TrainState(step=jnp.array(0, jnp.int32), params=params, opt_state=optimizer.init(params),
                              model_state={"codebook": variables["codebook"]})
