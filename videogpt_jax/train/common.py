@@ -299,12 +299,3 @@ class PreemptionGuard:
       return self._flag
     flags = multihost_utils.process_allgather(np.array([self._flag]))
     return bool(np.any(flags))
-
-
-def remat_policy(name: str | None):
-  """Whole-loss remat policy for `train/aot_steps.py`: None unless a config still names one (the trainers use the
-  models' per-block `config.model.remat`)."""
-  if name in (None, "", "none"):
-    return None
-  return {"dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-          "full": jax.checkpoint_policies.nothing_saveable}[name]
