@@ -40,7 +40,11 @@ def _base() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       name="", builder_config="", data_dir="", manual_dir="",
       split="train", eval_split="test", seq_len=16, resolution=64, shuffle_buffer=2048,
-      num_classes=0))  # num_classes: 0 = read from the dataset (class-conditional priors)
+      num_classes=0,  # 0: read from the dataset (class-conditional priors)
+      # Preprocessing op strings (videogpt_jax/data/preprocess_ops.py, e.g. "random_window(16)|decode_video|
+      # resize_smaller(64)|center_crop(64)|gray_to_rgb|value_range(-0.5,0.5)"; a frame-conditional prior's end
+      # with "|cond_frames(n)"). "": the original's preprocessing for seq_len and resolution.
+      pp_train="", pp_eval=""))
   return config
 
 

@@ -69,6 +69,27 @@ def get_preprocess_fn(spec: str) -> Op:
   return preprocess
 
 
+def checked_spec(spec: str | None, name: str, n_cond_frames: int = 0) -> str | None:
+  """`spec` (the op string of the config field `name`, e.g. `config.data.pp_train`) after building it once; None
+  when empty (the pipeline's default preprocessing for the clip length, resolution and conditioning frames).
+
+  Raises:
+    ValueError: naming `name`, for bad syntax or an unknown op, or (`n_cond_frames > 0`) a spec whose last op is
+      not `cond_frames(n_cond_frames)`.
+  """
+  spec = (spec or "").strip()
+  if not spec:
+    return None
+  try:
+    get_preprocess_fn(spec)
+  except ValueError as e:
+    raise ValueError(f"{name}: {e}") from None
+  if n_cond_frames and spec.split("|")[-1].replace(" ", "") != f"cond_frames({n_cond_frames})":
+    raise ValueError(f"{name}={spec!r}: a prior conditioned on {n_cond_frames} frame(s) needs the op string to end "
+                     f"with |cond_frames({n_cond_frames})")
+  return spec
+
+
 def _seed(data: Data, salt: int) -> tf.Tensor:
   if "_seed" not in data:
     raise KeyError("random preprocess ops need data['_seed'] (a (2,) int seed); the pipeline adds it, eager "

@@ -68,7 +68,7 @@ def eval_data(data_config: Any, mesh: jax.sharding.Mesh | None, *, batch_size: i
   """The evaluation clips of `data_config` (a config's `data` section): one padded pass over `split` (default
   `data_config.eval_split`) per `batches(n_cond_frames)` call, split over `mesh`'s batch axes."""
   # Deferred: TensorFlow is only imported once data is needed.
-  from videogpt_jax.data import builders, pipeline  # pylint: disable=import-outside-toplevel
+  from videogpt_jax.data import builders, pipeline, preprocess_ops  # pylint: disable=import-outside-toplevel
   data_dir = os.path.expanduser(data_config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
                                 or "~/tensorflow_datasets")
   if builder is None:
@@ -81,10 +81,11 @@ def eval_data(data_config: Any, mesh: jax.sharding.Mesh | None, *, batch_size: i
   seq_len, resolution = int(data_config.seq_len), int(data_config.resolution)
 
   def batches(n_cond_frames: int = 0):
+    preprocess = preprocess_ops.checked_spec(data_config.get("pp_eval"), "config.data.pp_eval", n_cond_frames)
     return pipeline.make_eval_iterator(
         builder, split=split, global_batch_size=batch_size, sharding=batch_sharding, seq_len=seq_len,
         resolution=resolution, n_cond_frames=n_cond_frames, window_stride=window_stride,
-        preprocess=data_config.get("pp_eval") or None)
+        preprocess=preprocess)
 
   info = {"dataset": data_config.name, "builder_config": data_config.get("builder_config") or "",
           "data_dir": os.path.abspath(data_dir), "split": split, "seq_len": seq_len, "resolution": resolution,

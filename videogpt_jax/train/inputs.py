@@ -11,7 +11,7 @@ from typing import Any
 import jax
 
 from videogpt_jax import sharding
-from videogpt_jax.data import builders, pipeline
+from videogpt_jax.data import builders, pipeline, preprocess_ops
 
 
 def data_dir(config: Any) -> str:
@@ -29,19 +29,23 @@ def load_builder(config: Any):
 
 def make_train_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n_cond_frames: int = 0):
   """Global batches of `config.batch_size` random windows, sharded over the mesh's batch axes; the iterator
-  has `state()`/`restore()` for exact resumption."""
+  has `state()`/`restore()` for exact resumption. `config.data.pp_train` replaces the default preprocessing."""
   sharding.batch_size_per_process(int(config.batch_size), mesh)
+  preprocess = preprocess_ops.checked_spec(config.data.get("pp_train"), "config.data.pp_train", n_cond_frames)
   return pipeline.make_train_iterator(
       builder or load_builder(config), split=config.data.get("split", "train"),
       global_batch_size=int(config.batch_size), sharding=sharding.batch_sharding(mesh),
       seq_len=int(config.data.seq_len), resolution=int(config.data.resolution), seed=int(config.seed),
-      n_cond_frames=n_cond_frames, shuffle_buffer=int(config.data.get("shuffle_buffer", 2048)))
+      n_cond_frames=n_cond_frames, shuffle_buffer=int(config.data.get("shuffle_buffer", 2048)),
+      preprocess=preprocess)
 
 
 def make_eval_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n_cond_frames: int = 0):
-  """One padded pass (`mask`) over `config.data.eval_split` with fixed windows, sharded like training."""
+  """One padded pass (`mask`) over `config.data.eval_split` with fixed windows, sharded like training;
+  `config.data.pp_eval` replaces the default preprocessing."""
+  preprocess = preprocess_ops.checked_spec(config.data.get("pp_eval"), "config.data.pp_eval", n_cond_frames)
   return pipeline.make_eval_iterator(
       builder or load_builder(config), split=config.data.get("eval_split", "test"),
       global_batch_size=int(config.get("eval_batch_size") or config.batch_size),
       sharding=sharding.batch_sharding(mesh), seq_len=int(config.data.seq_len),
-      resolution=int(config.data.resolution), n_cond_frames=n_cond_frames)
+      resolution=int(config.data.resolution), n_cond_frames=n_cond_frames, preprocess=preprocess)
