@@ -4,7 +4,8 @@ Config fields (both stages; defaults in `experiments/configs/common_config.py`):
   config.evals         tuple of evaluator names (`videogpt_jax/evaluation/evaluators/<name>.py`), run by the trainer
                        every `config.eval_every` steps and at the last step; () runs none.
   config.eval_options  `{name: {option: value}}`: keyword options of that evaluator's constructor; the option
-                       `every` (steps, 0: never) replaces `config.eval_every` for that evaluator alone.
+                       `every` (steps, 0: never) replaces `config.eval_every` for that evaluator alone (e.g. the
+                       priors' `eval_options.samples = {every: 10_000, num_samples: 8}`).
   config.eval_batches  caps the batches of evaluators that take `max_batches` (0: the whole split).
 
 Everything below this file takes explicit arguments; only this file and the entry points read configs.
