@@ -70,6 +70,8 @@ CASES = {
                            2, "--config.data.data_dir={p}/a_file: is a file"),
     "coordinator alone": (["experiments.train_vqvae", VQ, "--workdir={p}/w", "--coordinator_address=localhost:9"],
                           2, "--coordinator_address=localhost:9 needs --num_processes"),
+    "gpt old sample_every": (["experiments.train_gpt", GPT, "--workdir={p}/w", "--config.sample_every=5"], 2,
+                             "--config.sample_every has moved to --config.eval_options.samples.every"),
     "gpt without vqvae": (["experiments.train_gpt", GPT, "--workdir={p}/w"], 2, "--config.vqvae_workdir is required"),
     "gpt missing vqvae": (["experiments.train_gpt", GPT, "--workdir={p}/w", "--config.vqvae_workdir={p}/none"], 2,
                           "--config.vqvae_workdir={p}/none: no such folder"),

@@ -90,6 +90,13 @@ def check_moved_fields(config: Any) -> None:
                         "config.evals); set that instead")
 
 
+def moved_field_hint(overrides: list[str]) -> str:
+  """For `--config.<field>=...` overrides of fields that have moved: `" (--config.old has moved to ...)"`, else ""."""
+  moved = [f"--config.{old} has moved to --config.{new}" for old, new in _MOVED.items()
+           if any(o.startswith(f"--config.{old}=") or o == f"--config.{old}" for o in overrides)]
+  return f" ({'; '.join(moved)})" if moved else ""
+
+
 def check_train_config(config: Any, stage: str) -> None:
   """Raises `ConfigError` for the first field of `config` that cannot train `stage` ("vqvae" or "gpt")."""
   for field in ("batch_size", "total_steps", "log_every"):
