@@ -70,6 +70,8 @@ CASES = {
                            2, "--config.data.data_dir={p}/a_file: is a file"),
     "coordinator alone": (["experiments.train_vqvae", VQ, "--workdir={p}/w", "--coordinator_address=localhost:9"],
                           2, "--coordinator_address=localhost:9 needs --num_processes"),
+    "gpt old sample_every": (["experiments.train_gpt", GPT, "--workdir={p}/w", "--config.sample_every=5"], 2,
+                             "--config.sample_every has moved to --config.eval_options.samples.every"),
     "gpt without vqvae": (["experiments.train_gpt", GPT, "--workdir={p}/w"], 2, "--config.vqvae_workdir is required"),
     "gpt missing vqvae": (["experiments.train_gpt", GPT, "--workdir={p}/w", "--config.vqvae_workdir={p}/none"], 2,
                           "--config.vqvae_workdir={p}/none: no such folder"),
@@ -208,3 +210,24 @@ def test_config_checks_name_the_field():
       config[field] = value
     with pytest.raises(config_checks.ConfigError, match=words):
       config_checks.check_train_config(config, "vqvae")
+
+
+
+def test_an_older_gpt_config_that_sets_sample_every_or_num_samples_is_told_where_they_moved(tmp_path):
+  from experiments.configs import gpt_bair
+  fresh = gpt_bair.get_config("runlocal")
+  fresh.vqvae_workdir = str(tmp_path)
+  config_checks.check_train_config(fresh, "gpt")
+  for old, value, new in (("sample_every", 100, "eval_options.samples.every"),
+                          ("num_samples", 4, "eval_options.samples.num_samples")):
+    config = gpt_bair.get_config("runlocal")
+    config.vqvae_workdir = str(tmp_path)
+    with config.unlocked():
+      config[old] = value
+    with pytest.raises(config_checks.ConfigError, match=rf"^--config.{old} has moved to --config.{new}"):
+      config_checks.check_train_config(config, "gpt")
+  config = gpt_bair.get_config("runlocal")
+  config.vqvae_workdir = str(tmp_path)
+  config.eval_options.samples.num_samples = 0
+  with pytest.raises(config_checks.ConfigError, match="--config.eval_options.samples.num_samples=0: must be a pos"):
+    config_checks.check_train_config(config, "gpt")

@@ -27,6 +27,7 @@ from typing import Any, Callable, NoReturn
 
 from absl import app, flags
 
+from videogpt_jax.train import config_checks
 from videogpt_jax.train.config_checks import ConfigError
 
 FLAGS = flags.FLAGS
@@ -86,9 +87,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:  # ml_collections: an override of a field that does not exist.
     if verbose():
       raise
-    overrides = " ".join(a for a in argv[1:] if a.startswith("--config."))
+    given = [a for a in argv[1:] if a.startswith("--config.")]
     detail = str(e).strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
-    fail(f"unknown config field in override(s) {overrides}: {detail}", USAGE_EXIT)
+    fail(f"unknown config field in override(s) {' '.join(given)}: {detail}{config_checks.moved_field_hint(given)}",
+         USAGE_EXIT)
   # ml_collections stands in an error object for a `--config` file that did not load; it raises when first read.
   for name in list(FLAGS):
     value = FLAGS[name].value

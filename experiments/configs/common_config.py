@@ -63,8 +63,7 @@ def gpt_base() -> ml_collections.ConfigDict:
   # Test bits/dim and TensorBoard samples (conditioned on test clips if the prior is conditional). FVD: add "fvd"
   # (clips of >= 9 frames; options named as experiments.evaluate's flags).
   config.evals = ("bits_per_dim", "samples")
-  config.sample_every = 10_000  # 0: no samples
-  config.num_samples = 8
+  config.eval_options.samples = ml_collections.ConfigDict(dict(every=10_000, num_samples=8))  # every=0: no samples
   return config
 
 
@@ -103,5 +102,4 @@ def gpt_runlocal(config: ml_collections.ConfigDict, dataset: str = "moving_mnist
   config.eval_every = 30
   config.eval_batches = 1
   config.checkpoint_every = 10
-  config.sample_every = 30
-  config.num_samples = 2
+  config.eval_options.samples = ml_collections.ConfigDict(dict(every=30, num_samples=2))

@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   gpt.total_steps = 800
   gpt.log_every = 25
   gpt.eval_every = 0
-  gpt.sample_every = 0
+  gpt.eval_options.samples.every = 0
   gpt.checkpoint_every = 400
 
   config = ml_collections.ConfigDict()
@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       stage.log_every = 3
       stage.eval_every = 0
       stage.checkpoint_every = 6
-    gpt.sample_every = 0
+    gpt.eval_options.samples.every = 0
     gpt.eval_batch_size = 0
     config.num_clips = 2
     config.eval_batches = 1

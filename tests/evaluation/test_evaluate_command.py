@@ -93,7 +93,7 @@ def trained(tmp_path_factory):
   vqvae_trainer.train_and_evaluate(vq_config, root / "vqvae")
   gpt_config = _tiny(gpt_moving_mnist.get_config("runlocal"), root / "data")
   gpt_config.vqvae_workdir = str(root / "vqvae")
-  gpt_config.sample_every = 0
+  gpt_config.eval_options.samples.every = 0
   gpt_config.model.n_cond_frames = 1
   gpt_trainer.train_and_evaluate(gpt_config, root / "gpt")
   return {"root": root, "vqvae": root / "vqvae", "gpt": root / "gpt", "vq_config": vq_config,

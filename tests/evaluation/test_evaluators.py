@@ -230,3 +230,28 @@ def test_run_due_prefixes_names_and_keeps_plottable_scalars():
   assert len(calls) == 1
   assert suite.run_due(scheduled, 11, 100, vqvae=None, gpt=None, data=None, rng=jax.random.PRNGKey(0)) == {
       "scalars": {}, "videos": {}}
+
+
+class _Builder:
+  class info:  # noqa: N801 (a builder's `info` attribute)
+    splits = {"train": None, "test": None}
+
+
+def test_deferred_eval_data_opens_the_dataset_on_the_first_batches_call(monkeypatch):
+  from videogpt_jax.data import builders, pipeline
+  opened, passes = [], []
+  monkeypatch.setattr(builders, "load_builder", lambda name, *a, **kw: opened.append(name) or _Builder())
+  monkeypatch.setattr(pipeline, "make_eval_iterator", lambda builder, **kw: passes.append((builder, kw)) or iter(()))
+  data_config = ml_collections.ConfigDict(dict(name="moving_mnist", eval_split="test", seq_len=4, resolution=16))
+  data = suite.eval_data(data_config, None, batch_size=2, defer=True)
+  assert opened == [] and data.info["split"] == "test"
+  data.batches(0)
+  data.batches(1)
+  assert opened == ["moving_mnist"]  # once, kept for later passes
+  assert [kw["n_cond_frames"] for _, kw in passes] == [0, 1] and all(isinstance(b, _Builder) for b, _ in passes)
+  suite.eval_data(data_config, None, batch_size=2)
+  assert opened == ["moving_mnist"] * 2  # not deferred: opened at once
+  bad = suite.eval_data(ml_collections.ConfigDict({**data_config.to_dict(), "eval_split": "valid"}), None,
+                        batch_size=2, defer=True)
+  with pytest.raises(ValueError, match=r"has splits \['test', 'train'\]; asked for 'valid'"):
+    bad.batches(0)

@@ -6,6 +6,7 @@ import pytest
 
 from experiments.configs import gpt_bair, gpt_moving_mnist, gpt_ucf101
 from tests.train.synthetic import SyntheticIterator, clips
+from tests.train.test_vqvae_trainer import WriterSpy, tiny_tfds  # noqa: F401 (tiny_tfds: a fixture)
 from tests.train.test_vqvae_trainer import tiny_config as tiny_vqvae_config
 from videogpt_jax import inference, sharding
 from videogpt_jax.train import codes_file, gpt_trainer, vqvae_trainer
@@ -29,6 +30,7 @@ def tiny_config(vqvae_workdir, module=gpt_moving_mnist, arg="runlocal", **overri
   config.log_every = 4
   config.batch_size = 8
   config.num_devices = 1
+  config.eval_options.samples.every = 0  # runlocal: 30 (the last step); the test of samples sets its own
   for k, v in overrides.items():
     config[k] = v
   return config
@@ -100,17 +102,56 @@ def test_missing_vqvae_workdir_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_samples_are_drawn_every_sample_every_steps_without_evals(vqvae_workdir, tmp_path, monkeypatch):
-  import videogpt_jax
-  drawn = []
-  real = videogpt_jax.sample
+def test_samples_are_drawn_every_eval_options_samples_every_steps_without_other_evals(vqvae_workdir, tmp_path,
+                                                                                      monkeypatch):
+  from videogpt_jax.data import builders
 
-  def spy(model, variables, rng, n, **kwargs):
-    drawn.append(n)
-    return real(model, variables, rng, n, **kwargs)
+  def no_dataset(*args, **kwargs):
+    raise AssertionError("an unconditional prior's samples read no clips")
 
-  monkeypatch.setattr(videogpt_jax, "sample", spy)
-  config = tiny_config(vqvae_workdir, total_steps=4, checkpoint_every=4, eval_every=0, sample_every=2,
-                       num_samples=2)
+  monkeypatch.setattr(builders, "load_builder", no_dataset)
+  spy = WriterSpy(monkeypatch)
+  config = tiny_config(vqvae_workdir, total_steps=5, checkpoint_every=5, eval_every=0)
+  config.eval_options.samples = {"every": 2, "num_samples": 3}
   gpt_trainer.train_and_evaluate(config, tmp_path, train_iter=SyntheticIterator(config))
-  assert drawn == [2, 2]  # steps 2 and 4
+  assert spy.steps_of("eval/samples/samples", "videos") == [2, 4, 5]  # its steps and the last
+  assert spy.steps_of("eval/samples/n_samples") == [2, 4, 5]
+  assert not spy.steps_of("eval/bits_per_dim/bits_per_dim")  # every = eval_every = 0
+  videos = [spy.videos[(s, "eval/samples/samples")] for s in (2, 4, 5)]
+  assert all(v.shape == (3, 4, 16, 16, 3) and v.min() >= -0.5 and v.max() <= 0.5 for v in videos)
+  assert not np.array_equal(videos[0], videos[1])  # a new key per step
+
+
+@pytest.mark.slow
+def test_bits_per_dim_runs_through_the_suite_at_eval_every_and_the_last_step(vqvae_workdir, tmp_path, tiny_tfds,
+                                                                            monkeypatch):
+  import jax
+  from videogpt_jax.evaluation import suite
+  from videogpt_jax.evaluation.evaluators import bits_per_dim
+  spy = WriterSpy(monkeypatch)
+  config = tiny_config(vqvae_workdir, total_steps=4, checkpoint_every=4, eval_every=3, eval_batches=1)
+  config.data.data_dir = str(tiny_tfds)
+  gpt_trainer.train_and_evaluate(config, tmp_path, train_iter=SyntheticIterator(config))
+  assert spy.steps_of("eval/bits_per_dim/bits_per_dim") == [3, 4]
+  assert spy.steps_of("eval/bits_per_dim/nats_per_dim") == [3, 4]
+  assert not spy.videos  # samples: every 0
+  # Step 4's number is the evaluator's on the saved prior and the same clips.
+  gpt, gpt_vars, _ = inference.load_gpt(tmp_path)
+  vqvae, vq_vars, _ = inference.load_vqvae(vqvae_workdir)
+  mesh = sharding.make_mesh(config)
+  data = suite.eval_data(config.data, mesh, batch_size=int(config.batch_size))
+  with jax.set_mesh(mesh):
+    want = bits_per_dim.Evaluator(max_batches=1).run((vqvae, vq_vars), (gpt, gpt_vars), data, None).scalars
+  assert spy.scalars[(4, "eval/bits_per_dim/bits_per_dim")] == pytest.approx(want["bits_per_dim"], rel=1e-5)
+  assert spy.scalars[(4, "eval/bits_per_dim/n_videos")] == want["n_videos"] > 0
+
+
+def test_an_old_config_with_sample_every_is_an_error_naming_the_new_field(tmp_path):
+  from videogpt_jax.train import config_checks
+  for old, new in (("sample_every", "eval_options.samples.every"),
+                   ("num_samples", "eval_options.samples.num_samples")):
+    config = tiny_config(tmp_path / "unused")
+    with config.unlocked():
+      config[old] = 2
+    with pytest.raises(config_checks.ConfigError, match=rf"--config.{old} has moved to --config.{new}"):
+      gpt_trainer.train_and_evaluate(config, tmp_path / "run", train_iter=iter(()))

@@ -126,3 +126,69 @@ def test_bf16_compute_and_remat_keep_float32_state(tmp_path, compute_dtype, rema
   _, variables, _ = inference.load_vqvae(tmp_path / "run")
   dtypes = {x.dtype for x in jax.tree.leaves(variables) if np.issubdtype(x.dtype, np.floating)}
   assert dtypes == {np.dtype("float32")}
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+  """The tiny Moving MNIST (the runlocal configs' data), built once: the clips the evaluators read."""
+  from videogpt_jax.data import builders
+  path = tmp_path_factory.mktemp("tfds")
+  builders.load_builder("moving_mnist", path, config="tiny")
+  return path
+
+
+class WriterSpy:
+  """Records what the train loop hands the TensorBoard writer: `(step, name)` of every scalar and video."""
+
+  def __init__(self, monkeypatch):
+    self.scalars, self.videos = {}, {}
+    monkeypatch.setattr(common.SummaryWriter, "scalars", self._scalars)
+    monkeypatch.setattr(common.SummaryWriter, "videos", self._videos)
+
+  def _scalars(self, step, values, **kw):
+    self.scalars.update({(step, k): float(v) for k, v in values.items()})
+
+  def _videos(self, step, name, video, **kw):
+    self.videos[(step, name)] = video
+
+  def steps_of(self, name, where="scalars"):
+    return sorted(s for s, k in getattr(self, where) if k == name)
+
+
+def test_evals_run_through_the_suite_at_their_steps_and_the_last(tmp_path, tiny_tfds, monkeypatch):
+  import jax
+  from videogpt_jax import sharding
+  from videogpt_jax.evaluation import suite
+  from videogpt_jax.evaluation.evaluators import reconstruction
+  spy = WriterSpy(monkeypatch)
+  config = tiny_config(total_steps=5, checkpoint_every=5, eval_batches=1)
+  config.data.data_dir = str(tiny_tfds)
+  config.eval_options.reconstruction = {"every": 2, "num_shown": 2}
+  vqvae_trainer.train_and_evaluate(config, tmp_path, train_iter=SyntheticIterator(config))
+  assert spy.steps_of("eval/reconstruction/recon_loss") == [2, 4, 5]
+  assert spy.steps_of("eval/reconstruction/psnr") == [2, 4, 5]
+  assert spy.steps_of("eval/reconstruction/reconstructions", "videos") == [2, 4, 5]
+  originals, recons = spy.videos[(5, "eval/reconstruction/reconstructions")]
+  assert originals.shape == recons.shape == (2, 4, 16, 16, 3)
+  # The step-5 numbers are the evaluator's on the saved step-5 model and the same clips.
+  module, variables, _ = inference.load_vqvae(tmp_path)
+  mesh = sharding.make_mesh(config)
+  data = suite.eval_data(config.data, mesh, batch_size=int(config.batch_size))
+  with jax.set_mesh(mesh):
+    want = reconstruction.Evaluator(max_batches=1, num_shown=0).run((module, variables), None, data, None).scalars
+  assert spy.scalars[(5, "eval/reconstruction/recon_loss")] == pytest.approx(want["recon_loss"], rel=1e-4)
+  assert spy.scalars[(5, "eval/reconstruction/n_videos")] == want["n_videos"]
+  assert spy.scalars[(2, "eval/reconstruction/recon_loss")] != spy.scalars[(5, "eval/reconstruction/recon_loss")]
+
+
+def test_no_scheduled_evals_never_open_a_dataset(tmp_path, monkeypatch):
+  from videogpt_jax.data import builders
+
+  def no_dataset(*args, **kwargs):
+    raise AssertionError("the trainer opened a dataset")
+
+  monkeypatch.setattr(builders, "load_builder", no_dataset)
+  spy = WriterSpy(monkeypatch)
+  config = tiny_config(total_steps=2, checkpoint_every=2)  # evals=("reconstruction",) with eval_every=0
+  vqvae_trainer.train_and_evaluate(config, tmp_path, train_iter=SyntheticIterator(config))
+  assert not [k for _, k in spy.scalars if k.startswith("eval/")] and not spy.videos

@@ -4,7 +4,8 @@ Config fields (both stages; defaults in `experiments/configs/common_config.py`):
   config.evals         tuple of evaluator names (`videogpt_jax/evaluation/evaluators/<name>.py`), run by the trainer
                        every `config.eval_every` steps and at the last step; () runs none.
   config.eval_options  `{name: {option: value}}`: keyword options of that evaluator's constructor; the option
-                       `every` (steps, 0: never) replaces `config.eval_every` for that evaluator alone.
+                       `every` (steps, 0: never) replaces `config.eval_every` for that evaluator alone (e.g. the
+                       priors' `eval_options.samples = {every: 10_000, num_samples: 8}`).
   config.eval_batches  caps the batches of evaluators that take `max_batches` (0: the whole split).
 
 Everything below this file takes explicit arguments; only this file and the entry points read configs.
@@ -64,26 +65,27 @@ def _option_names(cls: type) -> tuple[str, ...]:
 
 
 def eval_data(data_config: Any, mesh: jax.sharding.Mesh | None, *, batch_size: int, builder: Any = None,
-              split: str | None = None, window_stride: int | None = None) -> base.EvalData:
+              split: str | None = None, window_stride: int | None = None, defer: bool = False) -> base.EvalData:
   """The evaluation clips of `data_config` (a config's `data` section): one padded pass over `split` (default
-  `data_config.eval_split`) per `batches(n_cond_frames)` call, split over `mesh`'s batch axes."""
+  `data_config.eval_split`) per `batches(n_cond_frames)` call, split over `mesh`'s batch axes.
+
+  With `defer`, the dataset is only opened (and its split checked) on the first `batches()` call, so a run whose
+  evaluators read no clips never loads it; a given `builder` is checked at once either way."""
   # Deferred: TensorFlow is only imported once data is needed.
-  from videogpt_jax.data import builders, pipeline, preprocess_ops  # pylint: disable=import-outside-toplevel
+  from videogpt_jax.data import pipeline, preprocess_ops  # pylint: disable=import-outside-toplevel
   data_dir = os.path.expanduser(data_config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
                                 or "~/tensorflow_datasets")
-  if builder is None:
-    builder = builders.load_builder(data_config.name, data_dir, manual_dir=data_config.get("manual_dir") or None,
-                                    config=data_config.get("builder_config") or None)
   split = split or data_config.get("eval_split", "test")
-  if split.split("[")[0] not in builder.info.splits:
-    raise ValueError(f"dataset {data_config.name} has splits {sorted(builder.info.splits)}; asked for {split!r}")
+  opened = _Opener(data_config, data_dir, split, builder)
+  if builder is not None or not defer:
+    opened()
   batch_sharding = sharding.batch_sharding(mesh) if mesh is not None else None
   seq_len, resolution = int(data_config.seq_len), int(data_config.resolution)
 
   def batches(n_cond_frames: int = 0):
     preprocess = preprocess_ops.checked_spec(data_config.get("pp_eval"), "config.data.pp_eval", n_cond_frames)
     return pipeline.make_eval_iterator(
-        builder, split=split, global_batch_size=batch_size, sharding=batch_sharding, seq_len=seq_len,
+        opened(), split=split, global_batch_size=batch_size, sharding=batch_sharding, seq_len=seq_len,
         resolution=resolution, n_cond_frames=n_cond_frames, window_stride=window_stride,
         preprocess=preprocess)
 
@@ -92,6 +94,36 @@ def eval_data(data_config: Any, mesh: jax.sharding.Mesh | None, *, batch_size: i
           "window_stride": window_stride, "processes": jax.process_count()}
   platform = platforms.of_devices(mesh.devices.flat if mesh is not None else jax.devices()[:1])
   return base.EvalData(batches=batches, batch_size=batch_size, sharding=batch_sharding, info=info, platform=platform)
+
+
+class _Opener:
+  """The dataset builder of `data_config`, loaded and its `split` checked on the first call, kept after."""
+
+  def __init__(self, data_config: Any, data_dir: str, split: str, builder: Any = None):
+    self._data_config, self._data_dir, self._split = data_config, data_dir, split
+    self._builder, self._checked = builder, False
+
+  def __call__(self) -> Any:
+    if self._builder is None:
+      self._builder = _load_builder(self._data_config, self._data_dir)
+    if not self._checked:
+      _check_split(self._builder, self._data_config.name, self._split)
+      self._checked = True
+    return self._builder
+
+
+def _load_builder(data_config: Any, data_dir: str) -> Any:
+  # Deferred: TensorFlow is only imported once data is needed.
+  from videogpt_jax.data import builders  # pylint: disable=import-outside-toplevel
+  logging.info("eval data: opening %s%s in %s", data_config.name,
+               f"/{data_config.builder_config}" if data_config.get("builder_config") else "", data_dir)
+  return builders.load_builder(data_config.name, data_dir, manual_dir=data_config.get("manual_dir") or None,
+                               config=data_config.get("builder_config") or None)
+
+
+def _check_split(builder: Any, name: str, split: str) -> None:
+  if split.split("[")[0] not in builder.info.splits:
+    raise ValueError(f"dataset {name} has splits {sorted(builder.info.splits)}; asked for {split!r}")
 
 
 def numeric(scalars: Mapping[str, Any]) -> dict[str, float]:

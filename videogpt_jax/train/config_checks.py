@@ -78,6 +78,25 @@ def check_data_paths(config: Any) -> None:
       check_directory_flag(f"--config.{field}", path, must_exist=False)
 
 
+# Fields an older config may still set: where they live now.
+_MOVED = {"sample_every": "eval_options.samples.every", "num_samples": "eval_options.samples.num_samples"}
+
+
+def check_moved_fields(config: Any) -> None:
+  """A field of an older config that has moved is an error naming its new place (it would be silently ignored)."""
+  for old, new in _MOVED.items():
+    if _get(config, old) is not None:
+      raise ConfigError(f"--config.{old} has moved to --config.{new} (samples are the `samples` evaluator of "
+                        "config.evals); set that instead")
+
+
+def moved_field_hint(overrides: list[str]) -> str:
+  """For `--config.<field>=...` overrides of fields that have moved: `" (--config.old has moved to ...)"`, else ""."""
+  moved = [f"--config.{old} has moved to --config.{new}" for old, new in _MOVED.items()
+           if any(o.startswith(f"--config.{old}=") or o == f"--config.{old}" for o in overrides)]
+  return f" ({'; '.join(moved)})" if moved else ""
+
+
 def check_train_config(config: Any, stage: str) -> None:
   """Raises `ConfigError` for the first field of `config` that cannot train `stage` ("vqvae" or "gpt")."""
   for field in ("batch_size", "total_steps", "log_every"):
@@ -109,8 +128,9 @@ def check_train_config(config: Any, stage: str) -> None:
     _fail("num_devices", num_devices, "must be a positive integer or -1 (all devices)")
   check_data_paths(config)
   if stage == "gpt":
-    _int(config, "sample_every", 0, required=False)
-    _int(config, "num_samples", 1, required=False)
+    check_moved_fields(config)
+    _int(config, "eval_options.samples.every", 0, required=False)
+    _int(config, "eval_options.samples.num_samples", 1, required=False)
     vqvae_workdir = _get(config, "vqvae_workdir")
     if not vqvae_workdir:
       raise ConfigError("--config.vqvae_workdir is required: the workdir of a trained VQ-VAE (train_vqvae.py)")

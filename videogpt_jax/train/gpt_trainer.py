@@ -14,14 +14,12 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
-import videogpt_jax
 from videogpt_jax import inference, sharding
+from videogpt_jax.evaluation import suite
 from videogpt_jax.models import gpt as gpt_lib
-from videogpt_jax.models import sampling
-from videogpt_jax.train import codes_file
+from videogpt_jax.train import codes_file, config_checks
 from videogpt_jax.train import common, inputs, loop, steps
 
 
@@ -41,6 +39,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   writer = common.SummaryWriter(str(workdir / "tensorboard") if config.get("tensorboard", True) else None)
   if not config.get("vqvae_workdir"):
     raise ValueError("config.vqvae_workdir is required: the workdir of a trained VQ-VAE (train_vqvae.py)")
+  config_checks.check_moved_fields(config)
 
   # --- Mesh ------------------------------------------------------------------------------------------------------
   mesh = sharding.make_mesh(config)
@@ -56,29 +55,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # --- Input pipeline --------------------------------------------------------------------------------------------
   n_cond = int(config.model.get("n_cond_frames", 0))
-  builder, eval_iter = None, None
-  if train_iter is None or config.get("eval_every"):
-    builder = inputs.load_builder(config)
+  builder = None
   if train_iter is None:
+    builder = inputs.load_builder(config)
     if config.get("codes_path"):
       train_iter = codes_file.CodesIterator(config.codes_path, global_batch_size=int(config.batch_size),
                                            mesh=mesh, seed=int(config.seed))
     else:
       train_iter = inputs.make_train_iterator(config, mesh, builder, n_cond_frames=n_cond)
-  # A conditional prior's samples are conditioned on eval clips, also when no eval loss is computed.
-  conditional = bool(n_cond or config.model.get("class_cond", False))
-  if builder is not None and (config.get("eval_every") or (config.get("sample_every") and conditional)):
-    eval_iter = inputs.make_eval_iterator(config, mesh, builder, n_cond_frames=n_cond)
   num_classes = int(config.data.get("num_classes", 0)) or None
   if num_classes is None and builder is not None and "label" in builder.info.features:
     num_classes = builder.info.features["label"].num_classes
   config = steps.derive_gpt_config(config, vq_config, num_classes)
 
+  # --- Evaluators (`config.evals`, run through `evaluation.suite`) ------------------------------------------------
+  scheduled = suite.from_config(config, has_prior=True)
+  data = inputs.make_eval_data(config, mesh, scheduled, builder)
+
   # --- Program: model, optimizer, steps, sharded initialisation ------------------------------------------------
   vq_shardings = jax.tree.map(lambda x: x.sharding, vq_vars)
   program = steps.gpt_program(config, mesh, vqvae=vqvae, vqvae_shardings=vq_shardings)
   config, model = program.config, program.model
-  sample_rng = jax.random.split(jax.random.key(int(config.seed)), 3)[2]
+  eval_rng = jax.random.split(jax.random.key(int(config.seed)), 3)[2]
   state = program.init(program.init_rng)
   codebook_sharding = program.state_shardings.model_state["codebook"]["embeddings"]
   # A copy, never an alias: the state is donated to the step, the VQ-VAE's variables are not.
@@ -94,44 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # --- Evals -----------------------------------------------------------------------------------------------------
   def evals(step: int, state: common.TrainState) -> dict:
-    out: dict[str, Any] = {"scalars": {}, "videos": {}}
-    first = None
-    eval_every = int(config.get("eval_every", 0) or 0)
-    if eval_iter is not None and eval_every and (step % eval_every == 0 or step == int(config.total_steps)):
-      total, count = 0.0, 0.0
-      for i, batch in enumerate(eval_iter):
-        if config.get("eval_batches") and i >= int(config.eval_batches):
-          break
-        first = first or batch
-        s, n = program.eval_step(state, batch, vq_vars)
-        total, count = total + float(s), count + float(n)
-      loss = total / max(count, 1.0)
-      out["scalars"] = {"eval/loss": loss, "eval/bits_per_dim": steps.bits_per_dim(loss)}
-      logging.info("eval at step %d: loss %.4f (%.4f bits/dim) over %d clips", step, loss, steps.bits_per_dim(loss),
-                   int(count))
-    sample_every = int(config.get("sample_every", 0) or 0)
-    if sample_every and (step % sample_every == 0 or step == int(config.total_steps)):
-      if first is None and eval_iter is not None:
-        first = next(iter(eval_iter), None)
-      out["videos"]["samples"] = _samples(step, state, first)
-    return out
-
-  def _samples(step, state, batch):
-    n = int(config.num_samples)
-    cond = labels = None
-    if n_cond or model.class_cond_dim:
-      if batch is None or batch["video"].shape[0] < n:
-        logging.warning("no eval batch of %d clips to condition samples on; skipping samples", n)
-        return None
-      if n_cond:
-        cond = sharding.to_host(batch["cond_frames"])[:n]
-      if model.class_cond_dim:
-        labels = sharding.to_host(batch["label"])[:n]
-    variables = {"params": state.params, **state.model_state}
-    codes = videogpt_jax.sample(model, variables, jax.random.fold_in(sample_rng, step), n,
-                                cond_frames=cond, labels=labels)
-    video = sharding.to_host(sampling.decode_to_video(vqvae, vq_vars, codes))
-    return video.astype(np.float32) / 255.0 - 0.5
+    prior = (model, {"params": state.params, **state.model_state})
+    return suite.run_due(scheduled, step, int(config.total_steps), vqvae=(vqvae, vq_vars), gpt=prior, data=data,
+                         rng=eval_rng)
 
   # --- Loop ------------------------------------------------------------------------------------------------------
   with jax.set_mesh(mesh):
@@ -139,7 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     _, result = loop.run_loop(
         config=config, state=state, train_step=step_fn, batches=train_iter, data_state=train_iter.state,
         checkpointer=checkpointer, writer=writer, items_per_step=int(config.batch_size) * tokens_per_clip,
-        item_name="tokens", evals=evals, metrics_file=workdir / "metrics.jsonl")
+        item_name="tokens", evals=evals if data is not None else None, metrics_file=workdir / "metrics.jsonl")
   checkpointer.close()
   logging.info("done at step %d (%s); %s parameters", result.step, result.stopped, f"{summary['num_params']:,}")
   return result

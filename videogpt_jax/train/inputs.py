@@ -1,4 +1,5 @@
-"""The trainers' input pipelines from a config: the TFDS builder, train and eval iterators sharded over a mesh.
+"""The trainers' input pipelines from a config: the TFDS builder, train and eval iterators sharded over a mesh,
+and the evaluators' clips (`evaluation.suite.eval_data`).
 
 Kept apart from `common.py` because it imports TensorFlow (through `videogpt_jax.data`): the train steps, the
 inference loader and the compile tool need none of it.
@@ -12,6 +13,7 @@ import jax
 
 from videogpt_jax import sharding
 from videogpt_jax.data import builders, pipeline, preprocess_ops
+from videogpt_jax.evaluation import base, suite
 
 
 def data_dir(config: Any) -> str:
@@ -49,3 +51,13 @@ def make_eval_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n_
       global_batch_size=int(config.get("eval_batch_size") or config.batch_size),
       sharding=sharding.batch_sharding(mesh), seq_len=int(config.data.seq_len),
       resolution=int(config.data.resolution), n_cond_frames=n_cond_frames, preprocess=preprocess)
+
+
+def make_eval_data(config: Any, mesh: jax.sharding.Mesh, scheduled: list[suite.Scheduled],
+                   builder=None) -> base.EvalData | None:
+  """The clips the trainer's evaluators read (`config.data`, `config.eval_batch_size` rows a batch, default
+  `config.batch_size`), opened on first use; None when no evaluator of `scheduled` runs during training."""
+  if not any(s.every for s in scheduled):
+    return None
+  return suite.eval_data(config.data, mesh, batch_size=int(config.get("eval_batch_size") or config.batch_size),
+                         builder=builder, defer=True)

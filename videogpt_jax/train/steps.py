@@ -1,15 +1,15 @@
-"""The losses and the jitted train/eval steps of both stages, and the program a config compiles to.
+"""The losses and the jitted train steps of both stages, and the program a config compiles to.
 
 Everything that differentiates a loss is here: the trainers, the benchmarks and the ahead-of-time compile tool
 build their steps with these functions, so what is timed or compiled is what trains.
 
 - Losses, module-level so that tests and tools can take gradients of exactly the trained loss: `vqvae_loss`,
   `gpt_loss` (and `gpt_clip_losses`, the per-clip losses it averages).
-- Steps: `make_vqvae_train_step`, `make_vqvae_eval_step`, `make_gpt_train_step`, `make_gpt_eval_step`: loss,
-  gradient, optimizer (clipping and schedule are inside `optimizer`), EMA-codebook and BatchNorm-statistic updates,
-  donation of the state, input and output shardings.
+- Steps: `make_vqvae_train_step`, `make_gpt_train_step`: loss, gradient, optimizer (clipping and schedule are
+  inside `optimizer`), EMA-codebook and BatchNorm-statistic updates, donation of the state, input and output
+  shardings. Evaluation is not here: the trainers run `config.evals` through `videogpt_jax.evaluation.suite`.
 - Programs: `vqvae_program(config, mesh)` and `gpt_program(config, mesh)` go from a config and a mesh to a
-  `TrainProgram` (the model, the jitted steps, the abstract state with its shardings, the abstract batch) without
+  `TrainProgram` (the model, the jitted train step, the abstract state with its shardings, the abstract batch) without
   data or a checkpoint: the trainers run it, `experiments/compile.py` lowers it for a TPU slice.
 """
 from __future__ import annotations
@@ -129,19 +129,6 @@ def make_vqvae_train_step(model: vqvae_lib.VQVAE, optimizer: optax.GradientTrans
                  donate_argnums=(0,) if donate else ())
 
 
-def make_vqvae_eval_step(model: vqvae_lib.VQVAE, *, state_shardings: Any, batch_sharding: Any) -> Callable:
-  """Jitted `(state, batch) -> (sum of per-clip reconstruction losses, number of clips, recon)` over the clips
-  whose `batch["mask"]` is set (padding of the last eval batch is not counted)."""
-
-  def step(state: common.TrainState, batch: Mapping[str, jax.Array]):
-    recon, _ = model.apply({"params": state.params, **state.model_state}, batch["video"], train=False)
-    per_clip = jnp.mean((recon - batch["video"]) ** 2, axis=(1, 2, 3, 4)) / vqvae_lib.RECON_LOSS_SCALE
-    mask = batch["mask"].astype(jnp.float32)
-    return jnp.sum(per_clip * mask), jnp.sum(mask), recon
-
-  return jax.jit(step, in_shardings=(state_shardings, batch_sharding))
-
-
 def _with_codes(batch: Mapping[str, jax.Array], vqvae: vqvae_lib.VQVAE | None, vqvae_variables: Any) -> dict:
   """`batch` with `codes`: as given, or encoded from `batch["video"]` by the frozen VQ-VAE."""
   if "codes" in batch or vqvae is None:
@@ -177,21 +164,6 @@ def make_gpt_train_step(model: gpt_lib.GPT, optimizer: optax.GradientTransformat
   in_shardings = (state_shardings, batch_sharding) + ((vqvae_shardings,) if vqvae is not None else ())
   return jax.jit(step, in_shardings=in_shardings, out_shardings=(state_shardings, None),
                  donate_argnums=(0,) if donate else ())
-
-
-def make_gpt_eval_step(model: gpt_lib.GPT, *, state_shardings: Any, batch_sharding: Any,
-                       vqvae: vqvae_lib.VQVAE | None = None, vqvae_shardings: Any = None) -> Callable:
-  """Jitted `(state, batch[, vqvae_variables]) -> (sum of per-clip losses in nats, number of clips)` over the
-  clips whose `batch["mask"]` is set; dropout off. Arguments as in `make_gpt_train_step`."""
-
-  def step(state: common.TrainState, batch: Mapping[str, jax.Array], vqvae_variables: Any = None):
-    batch = _with_codes(batch, vqvae, vqvae_variables)
-    per_clip = gpt_clip_losses(model, state.params, state.model_state, batch, deterministic=True)
-    mask = batch["mask"].astype(jnp.float32)
-    return jnp.sum(per_clip * mask), jnp.sum(mask)
-
-  in_shardings = (state_shardings, batch_sharding) + ((vqvae_shardings,) if vqvae is not None else ())
-  return jax.jit(step, in_shardings=in_shardings)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,7 +243,7 @@ class TrainProgram:
     config: the config with `platform` resolved (and, for the prior, `derived`): what a checkpoint records.
     model, optimizer, schedule: as the steps use them.
     init: jitted `rng -> TrainState`, laid out in `state_shardings`.
-    train_step, eval_step: from `make_*_train_step` / `make_*_eval_step`.
+    train_step: from `make_*_train_step` (evaluation runs `config.evals` through `evaluation.suite`).
     state_shardings: `TrainState` of `NamedSharding`s.
     abstract_state: `TrainState` of `jax.ShapeDtypeStruct`s carrying those shardings (the target of a restore, the
       state argument of `train_step.lower`).
@@ -285,7 +257,6 @@ class TrainProgram:
   schedule: optax.Schedule
   init: Callable
   train_step: Callable
-  eval_step: Callable
   state_shardings: Any
   abstract_state: Any
   batch_sharding: Any
@@ -293,13 +264,13 @@ class TrainProgram:
   init_rng: jax.Array
 
 
-def _program(config, mesh, model, init_fn, optimizer, make_steps, abstract_batch, init_rng) -> TrainProgram:
+def _program(config, mesh, model, init_fn, optimizer, make_train_step, abstract_batch, init_rng) -> TrainProgram:
   state_shardings, abstract = common.abstract_state(init_fn, mesh)
   init = jax.jit(lambda r: nn.meta.unbox(init_fn(r)), out_shardings=state_shardings)
   batch_sharding = sharding.batch_sharding(mesh)
-  train_step, eval_step = make_steps(state_shardings, batch_sharding)
+  train_step = make_train_step(state_shardings, batch_sharding)
   return TrainProgram(config=config, model=model, optimizer=optimizer, schedule=common.learning_rate_schedule(config),
-                      init=init, train_step=train_step, eval_step=eval_step, state_shardings=state_shardings,
+                      init=init, train_step=train_step, state_shardings=state_shardings,
                       abstract_state=abstract, batch_sharding=batch_sharding,
                       abstract_batch=abstract_batch(batch_sharding), init_rng=init_rng)
 
@@ -313,14 +284,13 @@ def vqvae_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) ->
   init_rng, step_rng = jax.random.split(jax.random.key(int(config.seed)))
   shape = video_shape(config)
 
-  def make_steps(state_shardings, batch_sharding):
+  def make_train_step(state_shardings, batch_sharding):
     kw = dict(state_shardings=state_shardings, batch_sharding=batch_sharding)
-    return (make_vqvae_train_step(model, optimizer, schedule, rng=step_rng,
-                                  compute_dtype=jnp.dtype(config.get("compute_dtype", "float32")), **kw),
-            make_vqvae_eval_step(model, **kw))
+    return make_vqvae_train_step(model, optimizer, schedule, rng=step_rng,
+                                 compute_dtype=jnp.dtype(config.get("compute_dtype", "float32")), **kw)
 
   batch = lambda s: {"video": jax.ShapeDtypeStruct((int(config.batch_size), *shape), jnp.float32, sharding=s)}
-  return _program(config, mesh, model, vqvae_init_fn(model, shape, optimizer), optimizer, make_steps, batch,
+  return _program(config, mesh, model, vqvae_init_fn(model, shape, optimizer), optimizer, make_train_step, batch,
                   init_rng)
 
 
@@ -340,10 +310,10 @@ def gpt_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   optimizer, schedule = common.make_optimizer(config), common.learning_rate_schedule(config)
   init_rng, step_rng, _ = jax.random.split(jax.random.key(int(config.seed)), 3)
 
-  def make_steps(state_shardings, batch_sharding):
+  def make_train_step(state_shardings, batch_sharding):
     kw = dict(state_shardings=state_shardings, batch_sharding=batch_sharding, vqvae=vqvae,
               vqvae_shardings=vqvae_shardings)
-    return (make_gpt_train_step(model, optimizer, schedule, rng=step_rng, **kw), make_gpt_eval_step(model, **kw))
+    return make_gpt_train_step(model, optimizer, schedule, rng=step_rng, **kw)
 
   batch = lambda s: gpt_example_batch(model, int(config.batch_size), s)
-  return _program(config, mesh, model, gpt_init_fn(model, optimizer), optimizer, make_steps, batch, init_rng)
+  return _program(config, mesh, model, gpt_init_fn(model, optimizer), optimizer, make_train_step, batch, init_rng)

@@ -12,10 +12,10 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from videogpt_jax import sharding
+from videogpt_jax.evaluation import suite
 from videogpt_jax.models import vqvae as vqvae_lib
 from videogpt_jax.train import common, inputs, loop, steps
 
@@ -41,12 +41,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                jax.process_count())
 
   # --- Input pipeline --------------------------------------------------------------------------------------------
-  eval_iter = None
+  builder = None
   if train_iter is None:
     builder = inputs.load_builder(config)
     train_iter = inputs.make_train_iterator(config, mesh, builder)
-    if config.get("eval_every"):
-      eval_iter = inputs.make_eval_iterator(config, mesh, builder)
+
+  # --- Evaluators (`config.evals`, run through `evaluation.suite`) ------------------------------------------------
+  scheduled = suite.from_config(config, has_prior=False)
+  data = inputs.make_eval_data(config, mesh, scheduled, builder)
 
   # --- Program: model, optimizer, steps, sharded initialisation ------------------------------------------------
   program = steps.vqvae_program(config, mesh)
@@ -62,30 +64,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   state = common.restore_or_keep(checkpointer, state, program.abstract_state, train_iter)
 
   # --- Evals -----------------------------------------------------------------------------------------------------
+  eval_rng = jax.random.key(int(config.seed))
+
   def evals(step: int, state: common.TrainState) -> dict:
-    eval_every = int(config.get("eval_every", 0) or 0)
-    if eval_iter is None or not eval_every or (step % eval_every and step != int(config.total_steps)):
-      return {}
-    total, count, shown = 0.0, 0.0, None
-    for i, batch in enumerate(eval_iter):
-      if config.get("eval_batches") and i >= int(config.eval_batches):
-        break
-      s, n, recon = program.eval_step(state, batch)
-      total, count = total + float(s), count + float(n)
-      if shown is None:  # Originals above their reconstructions, first batch only.
-        k = min(4, batch["video"].shape[0])
-        shown = np.concatenate([sharding.to_host(batch["video"])[:k],
-                                np.clip(sharding.to_host(recon)[:k], -0.5, 0.5)])
-    scalars = {"eval/recon_loss": total / max(count, 1.0)}
-    logging.info("eval at step %d: recon_loss %.4f over %d clips", step, scalars["eval/recon_loss"], int(count))
-    return {"scalars": scalars, "videos": {"eval/reconstructions": shown}}
+    variables = {"params": state.params, **state.model_state}
+    return suite.run_due(scheduled, step, int(config.total_steps), vqvae=(model, variables), gpt=None, data=data,
+                         rng=eval_rng)
 
   # --- Loop ------------------------------------------------------------------------------------------------------
   with jax.set_mesh(mesh):
     _, result = loop.run_loop(
         config=config, state=state, train_step=program.train_step, batches=train_iter, data_state=train_iter.state,
         checkpointer=checkpointer, writer=writer, items_per_step=int(config.batch_size), item_name="clips",
-        evals=evals, metrics_file=workdir / "metrics.jsonl")
+        evals=evals if data is not None else None, metrics_file=workdir / "metrics.jsonl")
   checkpointer.close()
   logging.info("done at step %d (%s); %s parameters", result.step, result.stopped, f"{summary['num_params']:,}")
   return result
