@@ -289,7 +289,6 @@ def train_step_provenance(*tables) -> str:
   """What the train-step rows time: the trainers' own steps (rows that record `train_step`), or not (older rows)."""
   rows = [r for t in tables for r in (t or {}).values()
           if r.get("kind", "train") in ("train", "vqvae", "prior") and ("median_s" in r or "per_device_flops" in r)]
-  own = [r["name"] for r in rows if r.get("train_step") == TRAINER_STEP]
   other = [r["name"] for r in rows if r.get("train_step") != TRAINER_STEP]
   text = ("Train-step rows time (and the projection compiles) the trainers' own steps, built by "
           f"`{TRAINER_STEP}` from the trainers' default config around each model: loss, gradient, global-norm "
@@ -322,7 +321,7 @@ def main() -> None:
       "MFU = XLA cost-analysis flops / median step time / the float32 matmul rate (2048², jitted) measured in the "
       "same run.",
       "",
-      train_step_provenance(vq, pr, rows_by_name(pj)),
+      train_step_provenance(vq, pr, rows_by_name(load("projection" + args.suffix))),
       "",
       "## Runs",
       "",

@@ -18,7 +18,6 @@ from absl import logging
 
 from videogpt_jax import inference, sharding
 from videogpt_jax.evaluation import suite
-from videogpt_jax.models import gpt as gpt_lib
 from videogpt_jax.train import codes_file, config_checks
 from videogpt_jax.train import common, inputs, loop, steps
 
@@ -106,17 +105,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   checkpointer.close()
   logging.info("done at step %d (%s); %s parameters", result.step, result.stopped, f"{summary['num_params']:,}")
   return result
-
-
-# Names kept for callers that still assemble their own step (`train/aot_steps.py`, tests): `train.steps` builds it.
-build_model = gpt_lib.gpt_from_config
-
-
-def derive(config: ml_collections.ConfigDict, vqvae_config: Any, vqvae: Any, num_classes: int | None):
-  del vqvae
-  return steps.derive_gpt_config(config, vqvae_config, num_classes)
-
-
-def init_fn(config: Any, model: gpt_lib.GPT, tx: Any):
-  del config
-  return steps.gpt_init_fn(model, tx)

@@ -16,7 +16,6 @@ from absl import logging
 
 from videogpt_jax import sharding
 from videogpt_jax.evaluation import suite
-from videogpt_jax.models import vqvae as vqvae_lib
 from videogpt_jax.train import common, inputs, loop, steps
 
 
@@ -80,12 +79,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   checkpointer.close()
   logging.info("done at step %d (%s); %s parameters", result.step, result.stopped, f"{summary['num_params']:,}")
   return result
-
-
-# Names kept for callers that still assemble their own step (`train/aot_steps.py`, tests): `train.steps` builds it.
-build_model = vqvae_lib.vqvae_from_config
-video_shape = steps.video_shape
-
-
-def init_fn(config: Any, model: vqvae_lib.VQVAE, tx: Any):
-  return steps.vqvae_init_fn(model, steps.video_shape(config), tx)
