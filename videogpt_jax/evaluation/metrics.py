@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from videogpt_jax.models import vqvae
 
@@ -79,9 +80,10 @@ def ssim(x: jax.Array, y: jax.Array, data_range: float = 1.0, window: int = 11, 
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Cross-entropy in nats per token: logits `(B, ..., K)`, int targets `(B, ...)` -> `(B, ...)`."""
-  logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  """Cross-entropy in nats per token, in float32: logits `(B, ..., K)`, int targets `(B, ...)` -> `(B, ...)`. The
+  one definition: the prior's training loss (`train.steps`) and the bits/dim evaluator both use it."""
+  return optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(logits, jnp.float32),
+                                                         jnp.asarray(targets, jnp.int32))
 
 
 def bits_per_dim(nats_per_dim: float | jax.Array) -> float | jax.Array:

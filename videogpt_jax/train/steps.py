@@ -15,7 +15,6 @@ build their steps with these functions, so what is timed or compiled is what tra
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ import ml_collections
 import optax
 
 from videogpt_jax import sharding
+from videogpt_jax.evaluation import metrics
 from videogpt_jax.models import gpt as gpt_lib
 from videogpt_jax.models import vqvae as vqvae_lib
 from videogpt_jax.train import common
@@ -36,16 +36,6 @@ VQVAE_MUTABLE = ("batch_stats", "codebook")
 # ---------------------------------------------------------------------------------------------------------------
 # Losses.
 # ---------------------------------------------------------------------------------------------------------------
-def cross_entropy(logits: jax.Array, codes: jax.Array) -> jax.Array:
-  """Per-token cross-entropy in nats: logits `(..., K)`, codes `(...)` int -> `(...)` float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), codes)
-
-
-def bits_per_dim(nats: jax.Array | float) -> jax.Array | float:
-  """The paper's bits/dim: the per-token cross-entropy in bits."""
-  return nats / math.log(2.0)
-
-
 def vqvae_loss(model: vqvae_lib.VQVAE, params: Any, model_state: Mapping[str, Any], video: jax.Array,
                rng: jax.Array, compute_dtype: Any = jnp.float32) -> tuple[jax.Array, tuple[dict, dict]]:
   """The VQ-VAE's training loss (reconstruction MSE / 0.06 + commitment), as its trainer differentiates it.
@@ -71,7 +61,7 @@ def gpt_clip_losses(model: gpt_lib.GPT, params: Any, model_state: Mapping[str, A
   codes = jax.lax.stop_gradient(batch["codes"])
   logits = model.apply({"params": params, **model_state}, codes, model.cond_from_batch(batch),
                        deterministic=deterministic, rngs={"dropout": rng} if rng is not None else {})
-  return cross_entropy(logits, codes).mean(axis=(1, 2, 3))
+  return metrics.token_cross_entropy(logits, codes).mean(axis=(1, 2, 3))
 
 
 def gpt_loss(model: gpt_lib.GPT, params: Any, model_state: Mapping[str, Any], batch: Mapping[str, Any],
@@ -93,8 +83,9 @@ def _update(optimizer: optax.GradientTransformation, schedule: optax.Schedule, s
             grads: Any) -> tuple[Any, Any, dict[str, jax.Array]]:
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"grad_norm": optax.tree.norm(grads), "lr": schedule(state.step), "finite": all_finite(params, opt_state)}
-  return params, opt_state, metrics
+  update_metrics = {"grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
+                    "finite": all_finite(params, opt_state)}
+  return params, opt_state, update_metrics
 
 
 def make_vqvae_train_step(model: vqvae_lib.VQVAE, optimizer: optax.GradientTransformation,
@@ -120,10 +111,10 @@ def make_vqvae_train_step(model: vqvae_lib.VQVAE, optimizer: optax.GradientTrans
     (loss, (aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # bf16 compute may return bf16 statistics; the state keeps its dtypes so the step compiles once.
     model_state = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), model_state, state.model_state)
-    params, opt_state, metrics = _update(optimizer, schedule, state, grads)
-    metrics = {"loss": loss, "recon_loss": aux["recon_loss"], "commitment_loss": aux["commitment_loss"],
-               "perplexity": aux["perplexity"], **metrics}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), metrics
+    params, opt_state, update_metrics = _update(optimizer, schedule, state, grads)
+    out = {"loss": loss, "recon_loss": aux["recon_loss"], "commitment_loss": aux["commitment_loss"],
+           "perplexity": aux["perplexity"], **update_metrics}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), out
 
   return jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                  donate_argnums=(0,) if donate else ())
@@ -157,9 +148,9 @@ def make_gpt_train_step(model: gpt_lib.GPT, optimizer: optax.GradientTransformat
     batch = _with_codes(batch, vqvae, vqvae_variables)
     loss_fn = lambda p: gpt_loss(model, p, state.model_state, batch, jax.random.fold_in(rng, state.step))
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    params, opt_state, metrics = _update(optimizer, schedule, state, grads)
-    metrics = {"loss": loss, "bits_per_dim": bits_per_dim(loss), **metrics}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    params, opt_state, update_metrics = _update(optimizer, schedule, state, grads)
+    out = {"loss": loss, "bits_per_dim": metrics.bits_per_dim(loss), **update_metrics}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
   in_shardings = (state_shardings, batch_sharding) + ((vqvae_shardings,) if vqvae is not None else ())
   return jax.jit(step, in_shardings=in_shardings, out_shardings=(state_shardings, None),
