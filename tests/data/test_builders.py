@@ -121,6 +121,20 @@ def test_moving_mnist_generator_physics():
   assert video.max() == 255 and (video > 0).mean() < 0.5
 
 
+def test_moving_mnist_canvas():
+  digits, labels = moving_mnist.digit_pools()["train"]
+  rng = np.random.default_rng(5)
+  for _ in range(20):
+    traj = moving_mnist.bouncing_trajectory(rng, 40, canvas=40)
+    assert traj.min() >= 0 and traj.max() <= 40 - 28 and traj.max() >= 6  # it moves over the 12-pixel range
+  video, _ = moving_mnist.generate_sequence(digits, labels, np.random.default_rng(0), 16, 1, canvas=40)
+  assert video.shape == (16, 40, 40, 1) and video.max() == 255
+  with pytest.raises(ValueError, match="canvas=28 leaves no room"):
+    moving_mnist.generate_sequence(digits, labels, rng, 4, 1, canvas=28)
+  config = {c.name: c for c in moving_mnist.MovingMnist.BUILDER_CONFIGS}["one_digit_close"]
+  assert (config.canvas, config.n_digits, config.seq_len) == (40, 1, 16)
+
+
 def test_moving_mnist_built_deterministic(mnist_builder, tmp_path):
   assert mnist_builder.info.splits["train"].num_examples == 32
   assert mnist_builder.info.splits["test"].num_examples == 16

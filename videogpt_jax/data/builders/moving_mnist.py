@@ -44,6 +44,7 @@ class MovingMnistConfig(tfds.core.BuilderConfig):
   n_digits: int = 2
   seed: int = 0
   official: bool = False
+  canvas: int = CANVAS  # side of the square frames the 28x28 digits bounce in
 
 
 @functools.cache
@@ -64,9 +65,10 @@ def digit_pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return pools
 
 
-def bouncing_trajectory(rng: np.random.Generator, seq_len: int, step_length: float = 0.1) -> np.ndarray:
-  """Top-left pixel positions `(seq_len, 2)` int of one digit bouncing off the walls of the canvas."""
-  limit = CANVAS - DIGIT
+def bouncing_trajectory(rng: np.random.Generator, seq_len: int, step_length: float = 0.1,
+                        canvas: int = CANVAS) -> np.ndarray:
+  """Top-left pixel positions `(seq_len, 2)` int of one digit bouncing off the walls of a `canvas`-wide frame."""
+  limit = canvas - DIGIT
   pos = rng.uniform(size=2)
   theta = rng.uniform() * 2.0 * np.pi
   velocity = np.array([np.sin(theta), np.cos(theta)])
@@ -83,12 +85,14 @@ def bouncing_trajectory(rng: np.random.Generator, seq_len: int, step_length: flo
 
 
 def generate_sequence(digits: np.ndarray, labels: np.ndarray, rng: np.random.Generator, seq_len: int,
-                      n_digits: int = 2) -> tuple[np.ndarray, np.ndarray]:
-  """One sequence: `(seq_len, 64, 64, 1)` uint8 frames and the `(n_digits,)` labels of the digits used."""
-  frames = np.zeros((seq_len, CANVAS, CANVAS), np.uint8)
+                      n_digits: int = 2, canvas: int = CANVAS) -> tuple[np.ndarray, np.ndarray]:
+  """One sequence: `(seq_len, canvas, canvas, 1)` uint8 frames and the `(n_digits,)` labels of the digits used."""
+  if canvas <= DIGIT:
+    raise ValueError(f"moving_mnist: canvas={canvas} leaves no room for {DIGIT}-pixel digits to move")
+  frames = np.zeros((seq_len, canvas, canvas), np.uint8)
   chosen = rng.integers(0, len(digits), size=n_digits)
   for idx in chosen:
-    for t, (y, x) in enumerate(bouncing_trajectory(rng, seq_len)):
+    for t, (y, x) in enumerate(bouncing_trajectory(rng, seq_len, canvas=canvas)):
       patch = frames[t, y:y + DIGIT, x:x + DIGIT]
       np.maximum(patch, digits[idx], out=patch)
   return frames[..., None], labels[chosen].astype(np.int64)
@@ -107,6 +111,9 @@ class MovingMnist(_common.SkipLogMixin, tfds.core.GeneratorBasedBuilder, skip_re
                         num_train=2_000, num_test=256),
       MovingMnistConfig(name="one_digit", description="4,000 train / 256 test sequences of 16 frames, one digit "
                         "each (the demo).", num_train=4_000, num_test=256, seq_len=16, n_digits=1),
+      MovingMnistConfig(name="one_digit_close", description="one_digit on a 40x40 canvas: the digit fills more of "
+                        "the frame (at 32x32 a 22-pixel digit with 2-pixel strokes) and moves 1.2 pixels a frame "
+                        "(the demo).", num_train=4_000, num_test=256, seq_len=16, n_digits=1, canvas=40),
       MovingMnistConfig(name="tiny", description="32 train / 16 test sequences of 20 frames (tests, demos).",
                         num_train=32, num_test=16),
       MovingMnistConfig(name="official", description=f"The published {OFFICIAL_FILE} as a `test` split.",
@@ -117,12 +124,13 @@ class MovingMnist(_common.SkipLogMixin, tfds.core.GeneratorBasedBuilder, skip_re
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
     seq_len = 20 if cfg.official else cfg.seq_len
-    features = {"video": tfds.features.Video((seq_len, CANVAS, CANVAS, 1))}
+    side = CANVAS if cfg.official else cfg.canvas
+    features = {"video": tfds.features.Video((seq_len, side, side, 1))}
     if not cfg.official:
       features["digit_labels"] = tfds.features.Tensor(shape=(cfg.n_digits,), dtype=np.int64)
     return tfds.core.DatasetInfo(
         builder=self,
-        description="Moving MNIST: digits bouncing in 64x64 frames (grayscale).",
+        description="Moving MNIST: digits bouncing in square grayscale frames (64x64; `one_digit_close`: 40x40).",
         features=tfds.features.FeaturesDict(features),
         homepage="http://www.cs.toronto.edu/~nitish/unsupervised_video/",
     )
@@ -150,5 +158,5 @@ class MovingMnist(_common.SkipLogMixin, tfds.core.GeneratorBasedBuilder, skip_re
     count = cfg.num_train if split == "train" else cfg.num_test
     for i in range(count):
       rng = np.random.default_rng((cfg.seed, _SPLIT_IDS[split], i))
-      video, chosen = generate_sequence(digits, labels, rng, cfg.seq_len, cfg.n_digits)
+      video, chosen = generate_sequence(digits, labels, rng, cfg.seq_len, cfg.n_digits, cfg.canvas)
       yield i, {"video": video, "digit_labels": chosen}
