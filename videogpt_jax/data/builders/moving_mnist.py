@@ -30,8 +30,9 @@ _N_TRAIN_DIGITS = 4000
 _SPLIT_IDS = {"train": 0, "test": 1}
 
 _INSTRUCTIONS = f"""
-The generated configs (`default`, `small`, `one_digit`, `tiny`) need no download. For the config `official`, download
-http://www.cs.toronto.edu/~nitish/unsupervised_video/{OFFICIAL_FILE} and place it at `<manual_dir>/{OFFICIAL_FILE}`.
+The generated configs (`default`, `small`, `one_digit`, `one_digit_close`, `tiny`) need no download. For the config
+`official`, download http://www.cs.toronto.edu/~nitish/unsupervised_video/{OFFICIAL_FILE} and place it at
+`<manual_dir>/{OFFICIAL_FILE}`.
 """
 
 
