@@ -13,7 +13,7 @@ samples from the first frame of every test clip, scores the samples against base
 Why these sizes (docs/demo.md has the log of what was tried and what each gave): the earlier demo's prior, over
 1,024 tokens per clip of two digits at 64x64, saw ~1,200 clips in its 7 minutes and sampled noise (test bits/dim
 2.12). Here a clip is 256 tokens (32x32 frames, one digit), the training split gives 8,000 pre-encoded clips (two
-per 16-frame sequence), and the prior's 700 steps of 16 clips are 11,200 clips (2.9M tokens). The digit fills the
+per 16-frame sequence), and the prior's 900 steps of 16 clips are 14,400 clips (3.7M tokens). The digit fills the
 frame (40x40 canvas) so that its strokes are 2 pixels wide at 32x32: on the 64x64 canvas they were 1 pixel wide and
 no VQ-VAE tried here reconstructed more than blobs.
 """
@@ -51,16 +51,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A small ResNet over the conditioning frame (the original's ResNet-34 alone costs seconds per step on 2 CPU
   # cores); full attention, as 256 tokens need no sparsity. The model underfits in a run this short: no dropout.
   gpt.model.update(dict(hidden_dim=144, heads=4, layers=4, attn_type="full", dropout=0.0, attn_dropout=0.0,
-                        n_cond_frames=1, cond_width=16, cond_blocks=(1, 1, 1, 1)))
+                        n_cond_frames=1, cond_width=32, cond_blocks=(1, 1, 1, 1)))
   gpt.batch_size = 16
   gpt.eval_batch_size = 16
   gpt.lr = 2e-3
   gpt.warmup_steps = 50
-  gpt.total_steps = 700
+  gpt.total_steps = 900
   gpt.log_every = 25
   gpt.eval_every = 0
   gpt.eval_options.samples.every = 0
-  gpt.checkpoint_every = 350
+  gpt.checkpoint_every = 450
 
   config = ml_collections.ConfigDict()
   config.vqvae = vqvae
