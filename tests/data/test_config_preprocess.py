@@ -69,3 +69,14 @@ def test_conditioning_spec_is_accepted(mnist_builder):
   batch = next(iter(inputs.make_train_iterator(config, _mesh(config), mnist_builder, n_cond_frames=1)))
   assert batch["cond_frames"].shape == (8, 1, 16, 16, 3)
   np.testing.assert_array_equal(sharding.to_host(batch["cond_frames"])[:, 0], sharding.to_host(batch["video"])[:, 0])
+
+
+def test_bad_pp_eval_fails_when_the_eval_data_is_made_not_at_the_first_eval(mnist_builder):
+  # The trainers make their eval data before training; a bad pp_eval must stop them there, not hours later.
+  config = _config(pp_eval="fixed_window(4)|decode_video|no_such_op")
+  with pytest.raises(ValueError, match=re.escape("config.data.pp_eval: Unknown preprocess op 'no_such_op'")):
+    suite.eval_data(config.data, _mesh(config), batch_size=8, defer=True)
+  config = _config(pp_eval="fixed_window(4)|decode_video|gray_to_rgb|value_range(-0.5,0.5)")
+  scheduled = suite.from_config(config, has_prior=False)
+  with pytest.raises(ValueError, match=re.escape("needs the op string to end with |cond_frames(1)")):
+    inputs.make_eval_data(config, _mesh(config), scheduled, n_cond_frames=1)

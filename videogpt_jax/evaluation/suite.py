@@ -76,6 +76,7 @@ def eval_data(data_config: Any, mesh: jax.sharding.Mesh | None, *, batch_size: i
   data_dir = os.path.expanduser(data_config.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
                                 or "~/tensorflow_datasets")
   split = split or data_config.get("eval_split", "test")
+  preprocess_ops.checked_spec(data_config.get("pp_eval"), "config.data.pp_eval")  # Before any data is read.
   opened = _Opener(data_config, data_dir, split, builder)
   if builder is not None or not defer:
     opened()

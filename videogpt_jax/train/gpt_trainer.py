@@ -2,8 +2,8 @@
 
 The VQ-VAE is restored from its Orbax checkpoint (`config.vqvae_workdir`); its codebook becomes the prior's
 non-trainable `codebook.embeddings`. Codes are either encoded inside the train step from raw clips, or read from
-a file written once by `encode_dataset.py` (`config.codes_path`, read by `codes_file.py`). Loss: cross-entropy over all `t*h*w` tokens;
-bits/dim = loss / ln 2.
+a file written once by `encode_dataset.py` (`config.codes_path`, read by `codes_file.py`). Loss: cross-entropy
+over all `t*h*w` tokens; bits/dim = loss / ln 2.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   # --- Evaluators (`config.evals`, run through `evaluation.suite`) ------------------------------------------------
   scheduled = suite.from_config(config, has_prior=True)
-  data = inputs.make_eval_data(config, mesh, scheduled, builder)
+  data = inputs.make_eval_data(config, mesh, scheduled, builder, n_cond_frames=n_cond)
 
   # --- Program: model, optimizer, steps, sharded initialisation ------------------------------------------------
   vq_shardings = jax.tree.map(lambda x: x.sharding, vq_vars)

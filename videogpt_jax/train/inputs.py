@@ -53,10 +53,12 @@ def make_eval_iterator(config: Any, mesh: jax.sharding.Mesh, builder=None, *, n_
       resolution=int(config.data.resolution), n_cond_frames=n_cond_frames, preprocess=preprocess)
 
 
-def make_eval_data(config: Any, mesh: jax.sharding.Mesh, scheduled: list[suite.Scheduled],
-                   builder=None) -> base.EvalData | None:
+def make_eval_data(config: Any, mesh: jax.sharding.Mesh, scheduled: list[suite.Scheduled], builder=None, *,
+                   n_cond_frames: int = 0) -> base.EvalData | None:
   """The clips the trainer's evaluators read (`config.data`, `config.eval_batch_size` rows a batch, default
-  `config.batch_size`), opened on first use; None when no evaluator of `scheduled` runs during training."""
+  `config.batch_size`), opened on first use; None when no evaluator of `scheduled` runs during training.
+  `config.data.pp_eval` is checked here, for the model's `n_cond_frames`, before anything trains."""
+  preprocess_ops.checked_spec(config.data.get("pp_eval"), "config.data.pp_eval", n_cond_frames)
   if not any(s.every for s in scheduled):
     return None
   return suite.eval_data(config.data, mesh, batch_size=int(config.get("eval_batch_size") or config.batch_size),
