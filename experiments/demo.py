@@ -30,7 +30,7 @@ from experiments import demo_metrics, launch
 from videogpt_jax import inference, sharding, visualize
 from videogpt_jax.evaluation import base
 from videogpt_jax.evaluation.evaluators import bits_per_dim, reconstruction
-from videogpt_jax.models import sampling, sliding_window
+from videogpt_jax.models import conditioning, sampling, sliding_window
 from videogpt_jax.train import codes_file, common, inputs, gpt_trainer, vqvae_trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -117,10 +117,10 @@ def run(config, workdir: str | os.PathLike) -> dict:
   real = real_long[:, :seq_len]
   n_eval = len(real)
   decode = lambda codes: _decode(vqvae, vq_vars, codes)  # noqa: E731
-  cond = real[:, :n_cond].astype(np.float32) / 255.0 - 0.5
+  frames = real[:, :n_cond].astype(np.float32) / 255.0 - 0.5
   key = jax.random.key(int(config.seed))
   sample_kwargs = dict(temperature=float(config.temperature), top_k=int(config.top_k) or None)
-  codes = sampling.sample(gpt, gpt_vars, key, n_eval, cond_frames=cond, **sample_kwargs)
+  codes = sampling.sample(gpt, gpt_vars, key, n_eval, cond=conditioning.make_cond(frames), **sample_kwargs)
   timings["sample_s"] = time.perf_counter() - t0
   recon_codes = _batched(lambda x: encode(vq_vars, x.astype(np.float32) / 255.0 - 0.5), real)
   marginal = demo_metrics.marginal_codes(np.random.default_rng(int(config.seed)), train_codes,
@@ -135,7 +135,8 @@ def run(config, workdir: str | os.PathLike) -> dict:
   n_show = min(int(config.num_clips), n_eval)
   # The same key and sample ids: each long sample's first window is the sample of the same clip above.
   long_codes = sliding_window.sample_long(gpt, gpt_vars, key, n_show, 2 * gpt.shape[0],
-                                          overlap=int(config.long_overlap), cond_frames=cond[:n_show],
+                                          overlap=int(config.long_overlap),
+                                          cond=conditioning.make_cond(frames[:n_show]),
                                           **sample_kwargs)
   long_video = decode(long_codes)
   long_recon = decode(_batched(lambda x: encode(vq_vars, x.astype(np.float32) / 255.0 - 0.5), real_long[:n_show]))

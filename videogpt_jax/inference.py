@@ -23,7 +23,7 @@ import ml_collections
 from videogpt_jax import checkpointing, sharding
 from videogpt_jax.convert import torch_gpt, torch_videogpt
 from videogpt_jax.models import gpt as gpt_lib
-from videogpt_jax.models import platforms
+from videogpt_jax.models import conditioning, platforms
 from videogpt_jax.models import vqvae as vqvae_lib
 
 CHECKPOINTS = "checkpoints"  # A training workdir keeps its checkpoints here.
@@ -100,10 +100,10 @@ def _init_vqvae(module: vqvae_lib.VQVAE, config: ml_collections.ConfigDict, rng:
 
 def _init_gpt(module: gpt_lib.GPT, config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
   del config
-  cond = jnp.zeros((1, module.n_cond_frames, *module.frame_shape, 3)) if module.n_cond_frames else None
-  labels = jnp.zeros((1,), jnp.int32) if module.class_cond_dim else None
-  return module.init({"params": rng}, jnp.zeros((1, *module.shape), jnp.int32), cond_frames=cond, labels=labels,
-                     deterministic=True)
+  frames = jnp.zeros((1, module.n_cond_frames, *module.frame_shape, 3)) if module.n_cond_frames else None
+  label = jnp.zeros((1,), jnp.int32) if module.class_cond_dim else None
+  return module.init({"params": rng}, jnp.zeros((1, *module.shape), jnp.int32),
+                     cond=conditioning.make_cond(frames, label), deterministic=True)
 
 
 def load_vqvae(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None

@@ -185,14 +185,36 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def local_batch_size(global_batch_size: int, batch: NamedSharding | None = None, *,
+                     process_count: int | None = None) -> int:
+  """The one batch-divisibility check: `global_batch_size` must split evenly over the processes and over the
+  mesh axes that `batch` (a batch sharding) splits the leading dimension over; returns each process's share.
+
+  Args:
+    global_batch_size: the batch over all processes.
+    batch: the batch's sharding (`batch_sharding(mesh)`), or None for host-only data.
+    process_count: processes sharing the batch (default `jax.process_count()`; data pipelines may simulate more,
+      then without a sharding).
+  """
+  process_count = jax.process_count() if process_count is None else int(process_count)
+  if batch is not None:
+    if process_count != jax.process_count():
+      raise ValueError(f"process_count={process_count} differs from jax.process_count()={jax.process_count()}; "
+                       "simulated processes need sharding=None")
+    spec = batch.spec[0] if len(batch.spec) else None
+    axes = () if spec is None else (spec if isinstance(spec, tuple) else (spec,))
+    shards = math.prod(batch.mesh.shape[a] for a in axes)
+    if global_batch_size % shards:
+      names = " x ".join(axes)
+      raise ValueError(f"batch_size={global_batch_size} must be divisible by the mesh's {names} = {shards}")
+  if global_batch_size % process_count:
+    raise ValueError(f"batch_size={global_batch_size} must be divisible by process_count={process_count}")
+  return global_batch_size // process_count
+
+
 def batch_size_per_process(global_batch_size: int, mesh: Mesh) -> int:
-  """Checks that the global batch splits evenly over the batch axes and the processes; returns the local share."""
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if global_batch_size % shards:
-    raise ValueError(f"batch_size={global_batch_size} must be divisible by the mesh's data x fsdp = {shards}")
-  if global_batch_size % jax.process_count():
-    raise ValueError(f"batch_size={global_batch_size} must be divisible by {jax.process_count()} processes")
-  return global_batch_size // jax.process_count()
+  """`local_batch_size` for a batch split over the mesh's `data` x `fsdp`."""
+  return local_batch_size(global_batch_size, batch_sharding(mesh))
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -8,21 +8,26 @@ import io
 import os
 import pathlib
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
-def to_uint8(video: np.ndarray, *, truncate: bool = False) -> np.ndarray:
+def to_uint8(video: Any, *, truncate: bool = False) -> Any:
   """`[-0.5, 0.5]` floats -> uint8: clip to [-0.5, 0.5], `(x + 0.5) * 255`, then round to nearest (default) or
-  truncate.
+  truncate. The one conversion of the package: numpy in, numpy out; a `jax.Array` (or a tracer, inside `jit`) in,
+  a `jax.Array` out.
 
   Rounding is the exact inverse of the data pipeline's `u8 / 255 - 0.5`. Truncation (`truncate=True`) is what the
-  original does before FVD (`.astype('uint8')`, an exact 0.0 becomes 127); FVD uses it so that its numbers are the
-  original's, on real clips, reconstructions and samples alike.
+  original does before FVD and in its sampler (`.astype('uint8')`, an exact 0.0 becomes 127); FVD and the sampler's
+  decoder use it so that their numbers and pixels are the original's, on real clips, reconstructions and samples
+  alike.
   """
-  x = (np.clip(np.asarray(video, np.float32), -0.5, 0.5) + 0.5) * 255.0
-  return (x if truncate else np.round(x)).astype(np.uint8)
+  xp = jnp if isinstance(video, jax.Array) else np
+  x = (xp.clip(xp.asarray(video, xp.float32), -0.5, 0.5) + 0.5) * 255.0
+  return (x if truncate else xp.round(x)).astype(xp.uint8)
 
 
 def comparison_grid(rows: Sequence[np.ndarray], pad: int = 2) -> np.ndarray:

@@ -164,7 +164,7 @@ def test_video_folder_custom_preprocess(folder_builder):
 
 
 def test_bad_batch_sizes(mnist_builder, batch_sharding):
-  with pytest.raises(ValueError, match="batch shards"):
+  with pytest.raises(ValueError, match="must be divisible by the mesh.s data = "):
     pipeline.make_train_iterator(mnist_builder, global_batch_size=4, sharding=batch_sharding)
   with pytest.raises(ValueError, match="divisible by process_count"):
     pipeline.make_train_iterator(mnist_builder, global_batch_size=5, sharding=None, process_count=2,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.models.test_gpt import tiny_gpt
-from videogpt_jax.models import sampling, sliding_window
+from videogpt_jax.models import conditioning, sampling, sliding_window
 
 
 def _framecond_gpt():
@@ -50,7 +50,7 @@ def test_sliding_window_first_window_is_ordinary_sampling_and_joins_are_seamless
   t = module.shape[0]
   key = jax.random.PRNGKey(7)
   long = np.asarray(sliding_window.sample_long(module, variables, key, 3, 2 * t + 1, overlap=overlap,
-                                               cond_frames=frames))
+                                               cond=conditioning.make_cond(frames)))
   assert long.shape == (3, 2 * t + 1, *module.shape[1:]) and long.dtype == np.int32
   np.testing.assert_array_equal(long[:, :t], sampling.sample(module, variables, key, 3, cond_frames=frames))
   # Window w starts at latent frame w * (t - overlap): its first `overlap` frames are the frames generated before
@@ -69,9 +69,9 @@ def test_sliding_window_first_window_is_ordinary_sampling_and_joins_are_seamless
 def test_sliding_window_short_request_and_bad_overlap():
   module, variables, frames = _framecond_gpt()
   key = jax.random.PRNGKey(1)
-  short = sliding_window.sample_long(module, variables, key, 3, 2, cond_frames=frames)
+  short = sliding_window.sample_long(module, variables, key, 3, 2, cond=conditioning.make_cond(frames))
   np.testing.assert_array_equal(short, np.asarray(sampling.sample(module, variables, key, 3,
                                                                   cond_frames=frames))[:, :2])
   with pytest.raises(ValueError, match="overlap"):
-    sliding_window.sample_long(module, variables, key, 3, 8, overlap=4, cond_frames=frames)
+    sliding_window.sample_long(module, variables, key, 3, 8, overlap=4, cond=conditioning.make_cond(frames))
   assert sliding_window.num_windows(4, 8, 2) == 3 and sliding_window.num_windows(4, 4, 2) == 1

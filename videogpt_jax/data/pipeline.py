@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from videogpt_jax import sharding as sharding_lib
 from videogpt_jax.data import builders as builders_lib
 from videogpt_jax.data import preprocess_ops
 
@@ -69,22 +70,6 @@ def _mix(*values: int) -> int:
   """A stable (across processes and Python runs) 31-bit hash of integers, for seeding tf.data ops."""
   digest = hashlib.sha256(",".join(str(int(v)) for v in values).encode()).digest()
   return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def _local_batch_size(global_batch_size: int, process_count: int, sharding) -> int:
-  if global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by process_count={process_count}")
-  if sharding is not None:
-    if process_count != jax.process_count():
-      raise ValueError(f"process_count={process_count} differs from jax.process_count()={jax.process_count()}; "
-                       "simulated processes need sharding=None")
-    spec = sharding.spec[0] if len(sharding.spec) else None
-    axes = () if spec is None else (spec if isinstance(spec, tuple) else (spec,))
-    shards = math.prod(sharding.mesh.shape[a] for a in axes)
-    if global_batch_size % shards:
-      raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the {shards} batch shards of "
-                       f"{sharding}")
-  return global_batch_size // process_count
 
 
 def data_source(builder: tfds.core.DatasetBuilder, split) -> Any:
@@ -147,7 +132,8 @@ class TrainIterator:
     self.preprocess = preprocess
     self.process_index = jax.process_index() if process_index is None else int(process_index)
     self.process_count = jax.process_count() if process_count is None else int(process_count)
-    self.local_batch_size = _local_batch_size(self.global_batch_size, self.process_count, sharding)
+    self.local_batch_size = sharding_lib.local_batch_size(self.global_batch_size, sharding,
+                                                          process_count=self.process_count)
     self.source = data_source(builder, split)
     self.examples_per_epoch = len(self.source)
     self.steps_per_epoch = self.examples_per_epoch // self.global_batch_size
@@ -256,7 +242,7 @@ class EvalIterator:
     process_index = jax.process_index() if process_index is None else int(process_index)
     process_count = jax.process_count() if process_count is None else int(process_count)
     self.process_index = process_index
-    self.local_batch_size = _local_batch_size(global_batch_size, process_count, sharding)
+    self.local_batch_size = sharding_lib.local_batch_size(global_batch_size, sharding, process_count=process_count)
     self.local_split = split_for_process(split, process_index=process_index, process_count=process_count)
     if windows is None:
       per_process = [builder.info.splits[split_for_process(split, process_index=i, process_count=process_count)]

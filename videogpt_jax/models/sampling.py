@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videogpt_jax import visualize
 from videogpt_jax.models import conditioning, platforms
 from videogpt_jax.models.gpt import GPT
 
@@ -225,7 +226,7 @@ def _compiled_decoder(vqvae: Any) -> Callable:
   def run(variables, codes):
     video = vqvae.apply(variables, codes, method=type(vqvae).decode_from_indices)
     # As the original's sample() + save_video_grid: clamp, shift to [0, 1], scale and truncate to uint8.
-    return ((jnp.clip(video.astype(jnp.float32), -0.5, 0.5) + 0.5) * 255.0).astype(jnp.uint8)
+    return visualize.to_uint8(video, truncate=True)
 
   return jax.jit(run)
 

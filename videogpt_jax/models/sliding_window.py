@@ -12,17 +12,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from videogpt_jax.models import sampling
+from videogpt_jax.models import conditioning, sampling
 from videogpt_jax.models.gpt import GPT
 
 
 def sample_long(gpt: GPT, variables: Any, rng: jax.Array, n: int, n_latent_frames: int, *,
-                overlap: int | None = None, cond_frames: jax.Array | None = None,
-                labels: jax.Array | None = None, **sample_kwargs) -> jax.Array:
+                overlap: int | None = None, cond: conditioning.Cond | None = None, **sample_kwargs) -> jax.Array:
   """Samples `n` code grids `(n, n_latent_frames, h, w)`, any number of latent frames >= 1.
 
   Args:
-    gpt, variables, rng, n, cond_frames, labels: as for `sampling.sample`.
+    gpt, variables, rng, n, cond: as for `sampling.sample` (`cond` from `conditioning.make_cond`).
     n_latent_frames: latent frames of the result (the prior's clip has `gpt.shape[0]`).
     overlap: latent frames each new window shares with what is already generated, in [1, t - 1]
       (default `t // 2`); more overlap is more context per new frame and more windows.
@@ -38,7 +37,7 @@ def sample_long(gpt: GPT, variables: Any, rng: jax.Array, n: int, n_latent_frame
     raise ValueError(f"sample_long: n_latent_frames must be >= 1, got {n_latent_frames}")
   if n_latent_frames > t and not 1 <= overlap < t:
     raise ValueError(f"sample_long: overlap must be in [1, {t - 1}] for a prior of {t} latent frames, got {overlap}")
-  cond = dict(cond_frames=cond_frames, labels=labels, **sample_kwargs)
+  cond = dict(cond=conditioning.as_cond(cond), **sample_kwargs)
   frames = [sampling.sample(gpt, variables, rng, n, **cond)]
   have, window = t, 1
   while have < n_latent_frames:
