@@ -1,5 +1,7 @@
 """GIF/MP4 writing of comparison grids: written files decode back to the frames that were given."""
 import imageio.v3 as iio
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,6 +10,19 @@ from videogpt_jax import visualize
 
 def test_to_uint8_clips_like_the_original_sampler():
   np.testing.assert_array_equal(visualize.to_uint8(np.array([-1.0, -0.5, 0.0, 0.5, 2.0])), [0, 0, 128, 255, 255])
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_to_uint8_is_one_conversion_for_numpy_and_jax(truncate):
+  x = np.linspace(-0.7, 0.7, 101, dtype=np.float32)
+  want = visualize.to_uint8(x, truncate=truncate)
+  assert isinstance(want, np.ndarray) and want.dtype == np.uint8
+  assert want[50] == (127 if truncate else 128)  # 0.0 -> 127.5: truncated (the original's FVD) or rounded
+  eager = visualize.to_uint8(jnp.asarray(x), truncate=truncate)
+  traced = jax.jit(lambda v: visualize.to_uint8(v, truncate=truncate))(jnp.asarray(x))
+  for got in (eager, traced):
+    assert isinstance(got, jax.Array) and got.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(got), want)
 
 
 def test_comparison_grid_places_each_clip():

@@ -200,7 +200,7 @@ def local_batch_size(global_batch_size: int, batch: NamedSharding | None = None,
   if batch is not None:
     if process_count != jax.process_count():
       raise ValueError(f"process_count={process_count} differs from jax.process_count()={jax.process_count()}; "
-                       "simulated processes need sharding=None")
+                       "a simulated process count needs host-only data (no batch sharding)")
     spec = batch.spec[0] if len(batch.spec) else None
     axes = () if spec is None else (spec if isinstance(spec, tuple) else (spec,))
     shards = math.prod(batch.mesh.shape[a] for a in axes)

@@ -37,7 +37,7 @@ def sample_long(gpt: GPT, variables: Any, rng: jax.Array, n: int, n_latent_frame
     raise ValueError(f"sample_long: n_latent_frames must be >= 1, got {n_latent_frames}")
   if n_latent_frames > t and not 1 <= overlap < t:
     raise ValueError(f"sample_long: overlap must be in [1, {t - 1}] for a prior of {t} latent frames, got {overlap}")
-  cond = dict(cond=conditioning.as_cond(cond), **sample_kwargs)
+  cond = dict(cond=cond, **sample_kwargs)  # sampling.sample validates it
   frames = [sampling.sample(gpt, variables, rng, n, **cond)]
   have, window = t, 1
   while have < n_latent_frames:
