@@ -164,7 +164,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
                        **long_scores},
       "reconstruction": {k: recon[k] for k in ("psnr", "ssim", "mse", "nmse", "n_videos")},
       "prior": {"test_bits_per_dim": bpd["bits_per_dim"], "test_nats_per_dim": bpd["nats_per_dim"],
-                "n_videos": bpd["n_videos"]},
+                "test_bits_per_latent_frame": bpd["bits_per_latent_frame"], "n_videos": bpd["n_videos"]},
       "codebook": {"codes_used_train": int(usage.sum()), "n_codes": int(usage.size),
                    "usage_fraction": float(usage.mean())},
       "train": {"vqvae": _stage_summary(vq_result, timings["vqvae_s"]),
@@ -186,8 +186,10 @@ def run(config, workdir: str | os.PathLike) -> dict:
 
 def report(metrics: dict) -> str:
   """The one table printed at the end: per-frame PSNR/SSIM on the test split and the motion score."""
-  head = (f"test split, {metrics['test_clips']} clips; prior test bits/dim {metrics['prior']['test_bits_per_dim']:.3f};"
-          f" frames 1.. after the conditioning frame 0")
+  prior = metrics["prior"]
+  per_frame = ", ".join(f"{b:.2f}" for b in prior["test_bits_per_latent_frame"])
+  head = (f"test split, {metrics['test_clips']} clips; prior test bits/dim {prior['test_bits_per_dim']:.3f}"
+          f" (per latent frame: {per_frame}); frames 1.. after the conditioning frame 0")
   return head + "\n" + demo_metrics.table(metrics["scores"], CANDIDATES)
 
 

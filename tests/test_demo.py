@@ -27,6 +27,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
   assert saved == json.loads(json.dumps(metrics))
   assert math.isfinite(saved["reconstruction"]["psnr"]) and saved["reconstruction"]["psnr"] > 0
   assert 0 < saved["prior"]["test_bits_per_dim"] < math.log2(config.vqvae.model.n_codes) + 1
+  per_frame = saved["prior"]["test_bits_per_latent_frame"]
+  assert len(per_frame) == config.vqvae.data.seq_len // config.vqvae.model.downsample[0]
+  assert np.mean(per_frame) == pytest.approx(saved["prior"]["test_bits_per_dim"], rel=1e-6)
   assert 0 < saved["codebook"]["codes_used_train"] <= config.vqvae.model.n_codes
   assert saved["train"]["vqvae"]["final_step"] == config.vqvae.total_steps
   assert saved["train"]["gpt"]["final_step"] == config.gpt.total_steps

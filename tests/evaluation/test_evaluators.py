@@ -101,13 +101,18 @@ def test_bits_per_dim():
 
   gpt = TinyGPT(n_cond_frames=1, class_cond_dim=5)
   out = bits_per_dim.evaluate((gpt, g_vars), (vqvae, vq_vars), _iterator(2))
-  nats = []
+  nats = []  # (clips, latent frames)
   for b in _iterator(2):
     keep = np.asarray(b["mask"])
     codes = vqvae.apply(vq_vars, b["video"], method="encode_to_indices")
     logits = gpt.apply(g_vars, codes, {"frames": b["video"][:, :1], "label": b["label"]})
-    nats.append(np.asarray(metrics.token_cross_entropy(logits, codes)).reshape(3, -1).mean(1)[keep])
-  assert out["nats_per_dim"] == pytest.approx(np.concatenate(nats).mean(), rel=1e-5)
+    ce = np.asarray(metrics.token_cross_entropy(logits, codes))
+    nats.append(ce.reshape(*ce.shape[:2], -1).mean(2)[keep])
+  nats = np.concatenate(nats)
+  assert out["nats_per_dim"] == pytest.approx(nats.mean(), rel=1e-5)
+  per_frame = out["bits_per_latent_frame"]
+  assert len(per_frame) == codes.shape[1] == 2 and per_frame[0] != pytest.approx(per_frame[1], rel=1e-3)
+  np.testing.assert_allclose(per_frame, nats.mean(0) / math.log(2), rtol=1e-5)
   assert out["bits_per_dim"] == pytest.approx(out["nats_per_dim"] / math.log(2), rel=1e-9)
   with pytest.raises(ValueError, match="no 'label'"):
     bits_per_dim.evaluate((gpt, g_vars), (vqvae, vq_vars), [{"video": jnp.zeros((1, 4, 16, 16, 3))}])
