@@ -22,11 +22,11 @@ from videogpt_jax.evaluation import base, metrics
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
-def _nats_per_clip(gpt: Any, gpt_variables: Any, vqvae: Any, vqvae_variables: Any, video: jax.Array,
-                   cond: Mapping[str, jax.Array]) -> jax.Array:
+def _nats_per_latent_frame(gpt: Any, gpt_variables: Any, vqvae: Any, vqvae_variables: Any, video: jax.Array,
+                           cond: Mapping[str, jax.Array]) -> jax.Array:
   codes = vqvae.apply(vqvae_variables, video, method=type(vqvae).encode_to_indices)
   logits = gpt.apply(gpt_variables, codes, cond, deterministic=True)
-  ce = metrics.token_cross_entropy(logits, codes)  # (B, T, H, W)
+  ce = metrics.token_cross_entropy(logits, codes)  # (B, t, h, w) -> mean per clip and latent frame (B, t)
   return jnp.mean(ce.reshape(*ce.shape[:2], -1), axis=2)
 
 
@@ -39,7 +39,7 @@ def evaluate(gpt: base.Model, vqvae: base.Model, batches: Iterable[Mapping[str, 
   total, n = 0.0, 0  # total: nats per latent frame, summed over clips
   for batch in batches:
     cond = base.conditioning(gpt_module, batch)
-    nats = _nats_per_clip(gpt_module, gpt_vars, vq_module, vq_vars, batch["video"], cond)
+    nats = _nats_per_latent_frame(gpt_module, gpt_vars, vq_module, vq_vars, batch["video"], cond)
     nats = np.asarray(sharding.to_host(nats), np.float64)[base.mask_of(batch)]
     total, n = total + nats.sum(axis=0), n + nats.shape[0]
   if n == 0:
