@@ -155,8 +155,8 @@ def test_bad_arguments():
     pat("full", (2, 4, 5)).attend(q, k, v)
   with pytest.raises(ValueError, match="dropout_rng"):
     pat("axial", (2, 4, 4)).attend(q, k, v, dropout_rate=0.1, deterministic=False)
-  with pytest.raises(ValueError, match="attention kernel 'splash' is not available"):
-    ap.make("sparse", (4, 8, 8), kernel="splash")
+  with pytest.raises(ValueError, match="attention kernel 'no_such_kernel' is not available"):
+    ap.make("sparse", (4, 8, 8), kernel="no_such_kernel")
 
 
 @pytest.mark.parametrize("attn_type", ["full", "axial"])
@@ -395,7 +395,9 @@ def test_registered_kernel_is_what_attend_runs():
 
   ap.register_kernel("sparse", "test_double", kernel)
   try:
-    assert ap.kernels("sparse") == ("xla", "test_double") and ap.kernels("full") == ("xla",)
+    # Other kernels (splash, cudnn) are registered when their modules have been imported.
+    assert ap.kernels("sparse")[0] == "xla" and "test_double" in ap.kernels("sparse")
+    assert "test_double" not in ap.kernels("full")
     q, k, v = qkv((4, 8, 8))
     p = ap.make("sparse", (4, 8, 8), kernel="test_double")
     np.testing.assert_allclose(p.attend(q, k, v), 2.0 * pat("sparse", (4, 8, 8)).attend(q, k, v), rtol=1e-6)

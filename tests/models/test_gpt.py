@@ -246,8 +246,8 @@ def test_bad_inputs_raise_clear_errors():
     init(module.clone(class_cond_dim=None, n_cond_frames=1), frames=jnp.zeros((2, 1, 8, 8, 3)))
   with pytest.raises(ValueError, match="GPT platform must be one of"):
     init(module.clone(class_cond_dim=None, platform="TPU"))
-  with pytest.raises(ValueError, match="attention kernel 'splash' is not available"):
-    init(module.clone(class_cond_dim=None, attn_kernel="splash"))
+  with pytest.raises(ValueError, match="attention kernel 'no_such_kernel' is not available"):
+    init(module.clone(class_cond_dim=None, attn_kernel="no_such_kernel"))
 
 
 @pytest.mark.parametrize("frames,strides,size,k", [

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from videogpt_jax.models import attention_patterns, conditioning, mha, platforms
+# Imported for its `register_kernel` calls: attn_kernel "splash"/"splash_interpret" (TPU).
+from videogpt_jax.models import splash_attention  # noqa: F401
 from videogpt_jax.models.conditioning import FrameEncoder
 from videogpt_jax.models.initializers import torch_uniform
 from videogpt_jax.models.norms import LayerNorm
@@ -148,7 +150,9 @@ class GPT(nn.Module):
       formulations and the sampler's default group size, whatever host traces the program.
     sparse_block: tokens per block of the "sparse" pattern (the original's 32).
     sparse_local_blocks: earlier blocks each block attends in the "sparse" pattern (the original's 4).
-    attn_kernel: implementation of the attention (`attention_patterns.kernels(attn_type)`; "xla" everywhere).
+    attn_kernel: implementation of the attention (`attention_patterns.kernels(attn_type)`): "xla" everywhere (the
+      default: parity with the original); "splash" (TPU Pallas, "full"/"sparse", no attention dropout, see
+      `splash_attention`).
   """
   shape: tuple[int, int, int]
   n_codes: int
