@@ -248,6 +248,8 @@ def test_bad_inputs_raise_clear_errors():
     init(module.clone(class_cond_dim=None, platform="TPU"))
   with pytest.raises(ValueError, match="attention kernel 'no_such_kernel' is not available"):
     init(module.clone(class_cond_dim=None, attn_kernel="no_such_kernel"))
+  with pytest.raises(ValueError, match="attention kernel 'cudnn' is not available for attn_type='sparse'"):
+    init(module.clone(class_cond_dim=None, attn_type="sparse", attn_kernel="cudnn"))
 
 
 @pytest.mark.parametrize("frames,strides,size,k", [

@@ -1,5 +1,5 @@
 """Accelerator attention kernels against the XLA path: splash (in the Pallas interpreter, the CPU reference check of
-the TPU kernel's masks, tiles and custom VJP).
+the TPU kernel's masks, tiles and custom VJP) and cuDNN's selection and fallback (the cuDNN call needs a GPU).
 
 Interpret mode costs seconds per call, so shapes stay at 256-512 tokens with 2 heads.
 """
@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from tests.fixtures import rel_err
 from tests.models.test_gpt import random_codes, tiny_gpt
 from videogpt_jax.models import attention_patterns as ap
-from videogpt_jax.models import splash_attention
+from videogpt_jax.models import cudnn_attention, splash_attention
 
 # Measured (jax 0.10.2, CPU): float32 errors ~5e-7 of the XLA path's norm, bfloat16 ~1e-2 (bf16 rounding of the
 # outputs and of the probabilities before the value matmul, in different places); a wrong mask (causal full for
@@ -85,3 +86,33 @@ def test_gpt_forward_with_splash_equals_xla():
   ref = apply(module)
   assert rel_err(logits, ref) < 1e-5
   assert rel_err(ref, apply(module.clone(attn_type="full"))) > 1e-3  # the pattern shows in the logits
+
+
+# ------------------------------------------------------------------------------------------------- cuDNN ----
+def test_cudnn_constraints():
+  ok = cudnn_attention.cudnn_unsupported
+  assert ok([jnp.bfloat16] * 3, 64, dropout=False) == ""
+  assert ok([jnp.float16] * 3, 128, dropout=False) == ""
+  assert "bfloat16 or float16" in ok([jnp.float32] * 3, 64, dropout=False)
+  assert "one dtype" in ok([jnp.bfloat16, jnp.bfloat16, jnp.float16], 64, dropout=False)
+  assert "multiple of 8 and <= 128, got 36" in ok([jnp.bfloat16] * 3, 36, dropout=False)
+  assert "<= 128, got 144" in ok([jnp.bfloat16] * 3, 144, dropout=False)  # BAIR's prior: 576 / 4 heads
+  assert ok([jnp.bfloat16] * 3, 144, dropout=False, max_head_dim=cudnn_attention.MAX_HEAD_DIM["cudnn_sm90"]) == ""
+  assert "<= 256, got 264" in ok([jnp.bfloat16] * 3, 264, dropout=False, max_head_dim=256)
+  assert "no attention dropout" in ok([jnp.bfloat16] * 3, 64, dropout=True)
+
+
+def test_cudnn_falls_back_to_xla_and_says_why(monkeypatch):
+  logged = []
+  monkeypatch.setattr(cudnn_attention, "_logged", set())
+  monkeypatch.setattr(cudnn_attention.logging, "info", lambda msg, *args: logged.append(msg % args))
+  q, k, v = qkv(256)  # float32: cuDNN cannot run it
+  xla, cudnn = ap.make("full", (4, 8, 8)), ap.make("full", (4, 8, 8), kernel="cudnn")
+  np.testing.assert_array_equal(cudnn.attend(q, k, v), xla.attend(q, k, v))
+  cudnn.attend(q, k, v)
+  assert len(logged) == 1 and "bfloat16 or float16" in logged[0] and "using the XLA attention" in logged[0]
+  # bf16 with dropout falls back too, with the same dropout draws as the XLA path.
+  q, k, v = qkv(256, dtype=jnp.bfloat16)
+  kw = dict(dropout_rate=0.3, dropout_rng=jax.random.PRNGKey(3), deterministic=False)
+  np.testing.assert_array_equal(cudnn.attend(q, k, v, **kw), xla.attend(q, k, v, **kw))
+  assert len(logged) == 2 and "no attention dropout" in logged[1]

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from videogpt_jax.models import attention_patterns, conditioning, mha, platforms
-# Imported for its `register_kernel` calls: attn_kernel "splash"/"splash_interpret" (TPU).
-from videogpt_jax.models import splash_attention  # noqa: F401
+# Imported for their `register_kernel` calls: attn_kernel "splash"/"splash_interpret" (TPU), "cudnn" (GPU).
+from videogpt_jax.models import cudnn_attention, splash_attention  # noqa: F401
 from videogpt_jax.models.conditioning import FrameEncoder
 from videogpt_jax.models.initializers import torch_uniform
 from videogpt_jax.models.norms import LayerNorm
@@ -152,7 +152,8 @@ class GPT(nn.Module):
     sparse_local_blocks: earlier blocks each block attends in the "sparse" pattern (the original's 4).
     attn_kernel: implementation of the attention (`attention_patterns.kernels(attn_type)`): "xla" everywhere (the
       default: parity with the original); "splash" (TPU Pallas, "full"/"sparse", no attention dropout, see
-      `splash_attention`).
+      `splash_attention`); "cudnn"/"cudnn_sm90" (GPU, "full", XLA fallback where cuDNN cannot run, see
+      `cudnn_attention`).
   """
   shape: tuple[int, int, int]
   n_codes: int
