@@ -18,6 +18,7 @@ float32). Not run in this repository's tests, which have no GPU: they check the 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -69,8 +70,9 @@ def cudnn_attend(pattern, q, k, v, *, dropout_rate, dropout_rng, deterministic, 
   if why_not:
     _log_once(key, "attn_kernel=%r: %s; using the XLA attention for shape %s, q %s %s.", name, why_not,
               pattern.shape, q.dtype, q.shape)
-    return pattern._attend_xla(q, k, v, dropout_rate=dropout_rate, dropout_rng=dropout_rng,  # pylint: disable=protected-access
-                               deterministic=deterministic, precision=precision)
+    xla = dataclasses.replace(pattern, kernel="xla")
+    return xla.attend(q, k, v, dropout_rate=dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
+                      precision=precision)
   _log_once(key, "attn_kernel=%r: cuDNN fused attention for shape %s, q %s %s.", name, pattern.shape, q.dtype,
             q.shape)
   out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), is_causal=pattern.causal,
