@@ -32,7 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       # The original's sparse attention has no attention dropout (its args' 0.3 is ignored by the kernel).
       hidden_dim=576, heads=4, layers=16, attn_type="sparse", sparse_block=32, sparse_local_blocks=4,
-      dropout=0.2, attn_dropout=0.0, n_cond_frames=1, class_cond=False, remat=False))
+      dropout=0.2, attn_dropout=0.0, n_cond_frames=1, class_cond=False, remat=False,
+      # The attention implementation: "xla" on every backend (parity with the original). On TPU,
+      # `--config.model.attn_kernel=splash` runs the Pallas splash kernel (videogpt_jax/models/splash_attention.py),
+      # which has no attention dropout: it needs attn_dropout=0, as here.
+      attn_kernel="xla"))
   config.batch_size = 32
   config.lr = 3e-4
   config.total_steps = 150_000

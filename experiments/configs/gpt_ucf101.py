@@ -29,7 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       # The original's sparse attention has no attention dropout (its args' 0.3 is ignored by the kernel).
       hidden_dim=1032, heads=8, layers=20, attn_type="sparse", sparse_block=32, sparse_local_blocks=4,
-      dropout=0.2, attn_dropout=0.0, n_cond_frames=0, class_cond=arg.variant == "classcond", remat=False))
+      dropout=0.2, attn_dropout=0.0, n_cond_frames=0, class_cond=arg.variant == "classcond", remat=False,
+      # The attention implementation: "xla" on every backend (parity with the original). On TPU,
+      # `--config.model.attn_kernel=splash` runs the Pallas splash kernel (videogpt_jax/models/splash_attention.py),
+      # which has no attention dropout: it needs attn_dropout=0, as here.
+      attn_kernel="xla"))
   config.batch_size = 32
   config.lr = 3e-4
   config.total_steps = 200_000

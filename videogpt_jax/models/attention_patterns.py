@@ -24,7 +24,8 @@ Patterns:
 Kernels: `attend` runs the XLA implementations below (`kernel="xla"`, every backend). An accelerator kernel (say
 a Pallas one on TPU) implements the same contract for a pattern and registers it under a name with
 `register_kernel`; a pattern built with `kernel=<name>` then dispatches to it. `mask` and `decode_mask` stay the
-reference the kernel is tested against.
+reference the kernel is tested against. Kernels register when their module is imported (`gpt.py` imports them):
+"splash"/"splash_interpret" (`splash_attention.py`, TPU) and "cudnn"/"cudnn_sm90" (`cudnn_attention.py`, GPU).
 
 Attention dropout rounds its rate to a multiple of 1/256 (see `keep_mask`: a quarter of the random draws).
 

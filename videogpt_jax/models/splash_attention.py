@@ -35,7 +35,8 @@ that use it set `attn_dropout=0` (the sparse paper configs already do: the origi
 Sharding: a Pallas call is opaque to XLA's SPMD partitioner. Under a mesh context (`jax.set_mesh`, as the
 trainers use) the kernel runs inside `jax.shard_map` with the batch split as `sharding.LOGICAL_AXIS_RULES` splits
 "batch" and the heads as it splits "heads" (mesh axes that do not divide a dimension are dropped), each device
-running splash on its own examples and heads; without a mesh it is a plain call.
+running splash on its own examples and heads; without a mesh it is a plain call (so a program over several devices
+must be traced under `jax.set_mesh`: Mosaic refuses to be partitioned automatically).
 """
 from __future__ import annotations
 
