@@ -1,4 +1,5 @@
-"""TPU compile suite: each paper config's train step compiled for its TPU slice by the real TPU compiler.
+"""TPU compile suite: each paper config's train step (and the BAIR prior's sampler) compiled for its TPU slice by
+the real TPU compiler.
 
 Nothing runs on a TPU (none is available here): `python -m experiments.compile` lowers the trainer's step with
 abstract arguments over a mesh of a topology's compile-only devices and compiles it with libtpu (the `tpu` extra).
@@ -6,6 +7,8 @@ Each row gives, per chip: HBM (arguments + outputs - donated + temporaries + pro
 usable HBM, fits or not (the compiler's own out-of-memory verdict), the compiler's flops and HBM bytes, the
 roofline step `max(flops / peak, bytes / bandwidth)` and its compute-bound ceiling, and the compile time on this
 host. Peaks are published specs. Rows run one at a time (libtpu admits one process), each in its own process.
+Sampler rows (`--program=sample`) give HBM and the KV caches per chip instead of a roofline (the compiler counts
+the decode loop's body once).
 
   python benchmarks/tpu_compile.py                         # every row -> results/tpu_compile.json
   python benchmarks/tpu_compile.py --only bair_prior_v5e8  # some rows, merged into the existing file
@@ -41,6 +44,10 @@ ROWS: dict[str, dict[str, Any]] = {
                                 note="as configured (float32, no remat)"),
     "bair_prior_v5e8": dict(config=C + "gpt_bair.py", topology="v5e:2x4", overrides=BF16 + REMAT,
                             note="bf16, per-block remat"),
+    "bair_prior_sample_v5e8": dict(config=C + "gpt_bair.py", topology="v5e:2x4", overrides=BF16,
+                                   args=["--program=sample"], note="KV-cached sampler, batch 32, bf16"),
+    "bair_prior_sample_v5e8_f32": dict(config=C + "gpt_bair.py", topology="v5e:2x4", overrides=[],
+                                       args=["--program=sample"], note="KV-cached sampler, batch 32, float32"),
     "ucf101_vqvae_v5e8": dict(config=C + "vqvae_ucf101.py", topology="v5e:2x4", overrides=BF16, note="bf16"),
     "ucf101_prior_cc_v5e8": dict(config=C + "gpt_ucf101.py:classcond", topology="v5e:2x4",
                                  overrides=BF16 + REMAT, note="class-conditional; bf16, per-block remat"),
@@ -54,6 +61,8 @@ QUICK = {
                                 note="runlocal"),
     "prior_runlocal_v5e4": dict(config=C + "gpt_bair.py:runlocal", topology="v5e:2x2", overrides=[],
                                 note="runlocal"),
+    "prior_sample_runlocal_v5e4": dict(config=C + "gpt_bair.py:runlocal", topology="v5e:2x2", overrides=[],
+                                       args=["--program=sample", "--sample_batch=8"], note="runlocal sampler"),
 }
 
 
@@ -61,18 +70,21 @@ def compile_row(name: str, row: dict[str, Any], python: str, timeout: float) -> 
   """Runs the compile tool for one row in its own process; its JSON report plus what was asked."""
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "report.json"
+    extra = [*row.get("args", []), *row["overrides"]]
     cmd = [python, "-m", "experiments.compile", f"--config={row['config']}", f"--topology={row['topology']}",
-           f"--json={out}", *row["overrides"]]
+           f"--json={out}", *extra]
+    # libtpu from this interpreter's packages, or from a `pip install --target` directory (as CI installs it).
+    path = [str(ROOT)] + [d for d in [os.environ.get("VIDEOGPT_LIBTPU_DIR", "")] if d]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)})
     wall = time.perf_counter() - t0
     if not out.exists():
       tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
       raise RuntimeError(f"{name}: the compile tool failed (exit {proc.returncode}): {tail[0]}")
     report = json.loads(out.read_text())
   print(f"--- {name}\n{proc.stdout.strip()}", flush=True)
-  return {"name": name, **row, "command": " ".join(["python", *cmd[1:5], *row["overrides"]]), "wall_s": wall, **report}
+  return {"name": name, **row, "command": " ".join(["python", *cmd[1:5], *extra]), "wall_s": wall, **report}
 
 
 def _gib(n: float | None) -> str:
@@ -83,24 +95,45 @@ def _ms(s: float | None) -> str:
   return "–" if s is None else f"{s * 1e3:.0f} ms" if s >= 0.01 else f"{s * 1e3:.1f} ms"
 
 
+def _head(r: dict[str, Any]) -> str:
+  mesh = "×".join(str(v) for v in (r.get("mesh") or {}).values())
+  config = f"`{r['config'].rsplit('/', 1)[-1]}` {' '.join(o.replace('--config.', '') for o in r['overrides'])}"
+  return (f"| {r['name']} | {config.strip()} | {r['chip']} ×{r['num_chips']}, {mesh} | {_gib(r['hbm_bytes'])} "
+          f"({_gib(r['usable_hbm_bytes'])}) |")
+
+
+def _is_sampler(r: dict[str, Any]) -> bool:
+  return r.get("program") == "sample"
+
+
 def table(data: dict[str, Any] | None) -> list[str]:
-  """The markdown table of `results/tpu_compile.json` for docs/benchmarks.md."""
+  """The markdown tables of `results/tpu_compile.json` for docs/benchmarks.md: train steps, then samplers."""
   if not data or not data.get("rows"):
     return ["Not measured: run `python benchmarks/tpu_compile.py` with libtpu installed (`pip install -e '.[tpu]'`)."]
   out = ["| row | config | slice, mesh (data, fsdp, model) | HBM per chip (usable) | verdict | TFLOP / chip | "
          "GB HBM traffic / chip | roofline step (compute) | ceiling | compile |",
          "|---|---|---|---|---|---|---|---|---|---|"]
   for r in data["rows"]:
-    mesh = "×".join(str(v) for v in (r.get("mesh") or {}).values())
-    config = f"`{r['config'].rsplit('/', 1)[-1]}` {' '.join(o.replace('--config.', '') for o in r['overrides'])}"
-    head = (f"| {r['name']} | {config.strip()} | {r['chip']} ×{r['num_chips']}, {mesh} | {_gib(r['hbm_bytes'])} "
-            f"({_gib(r['usable_hbm_bytes'])}) |")
+    if _is_sampler(r):
+      continue
+    head = _head(r)
     if r["fits"]:
       out.append(f"{head} fits, {r['headroom']:.0%} headroom | {r['flops'] / 1e12:.2f} | "
                  f"{r['bytes_accessed'] / 1e9:.0f} | {_ms(r['roofline_s'])} ({_ms(r['compute_s'])}) | "
                  f"{r['ceiling']:.0%} | {r['compile_s']:.0f} s |")
     else:
       out.append(f"{head} **does not fit** (needs {_gib(r.get('required_bytes'))}) | – | – | – | – | "
+                 f"{r['compile_s']:.0f} s |")
+  samplers = [r for r in data["rows"] if _is_sampler(r)]
+  if samplers:
+    out += ["", "KV-cached samplers (`--program=sample`: the whole decode loop in one program, the batch split over "
+            "`data` × `fsdp`):", "",
+            "| row | config | slice, mesh (data, fsdp, model) | HBM per chip (usable) | verdict | KV caches / chip | "
+            "positions | compile |", "|---|---|---|---|---|---|---|---|"]
+    for r in samplers:
+      verdict = (f"fits, {r['headroom']:.0%} headroom" if r["fits"]
+                 else f"**does not fit** (needs {_gib(r.get('required_bytes'))})")
+      out.append(f"{_head(r)} {verdict} | {_gib(r.get('kv_cache_bytes'))} | {r.get('tokens')} | "
                  f"{r['compile_s']:.0f} s |")
   return out
 

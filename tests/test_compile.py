@@ -143,6 +143,14 @@ def test_suite_table_shows_fit_and_refusal():
   assert "**does not fit** (needs 22.00 GiB)" in lines[3]
   assert "Not measured" in tpu_compile.table(None)[0]
 
+  sampler = aot.Report(V5E, 8, True, 40.0, argument_bytes=2**30, temp_bytes=2**30, flops=1e9, bytes_accessed=1e9,
+                       mesh={"data": 8, "fsdp": 1, "model": 1}, program="sample", kv_cache_bytes=2**29, tokens=8192)
+  rows.append({"name": "s", "config": "experiments/configs/gpt_bair.py", "overrides": [], **sampler.to_json()})
+  lines = tpu_compile.table({"rows": rows})
+  assert len(lines) == 10 and lines[:4] == tpu_compile.table({"rows": rows[:2]})  # train steps first, apart
+  assert lines[-1] == ("| s | `gpt_bair.py` | v5e ×8, 8×1×1 | 2.00 GiB (15.75 GiB) | fits, 87% headroom | 0.50 GiB | "
+                       "8192 | 40 s |")
+
 
 @needs_libtpu
 def test_splash_attention_compiles_for_tpu():
@@ -169,3 +177,47 @@ def test_splash_attention_compiles_for_tpu():
   lines = proc.stdout.strip().splitlines()[-2:]
   # Three Mosaic kernels each (forward, dq, dkv), no gathered batch; each chip holds its quarter of q, k, v.
   assert lines == [f"{a} 3 0 {3 * 1024 * 4 * 64 * 2}" for a in ("full", "sparse")], proc.stdout[-2000:]
+
+
+@needs_libtpu
+def test_prior_sampler_compiles_for_tpu_with_the_caches_split(tmp_path):
+  """`--program=sample`: the KV-cached sampler of the BAIR prior's runlocal variant, 8 samples over 4 chips. The
+  report's cache share is a quarter of the caches, and the compiled program writes per-chip caches of 2 samples."""
+  out = tmp_path / "sample.json"
+  proc = _tool("--config=experiments/configs/gpt_bair.py:runlocal", "--topology=v5e:2x2", "--program=sample",
+               "--sample_batch=8", f"--json={out}", timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.strip().splitlines()
+  assert any(line.startswith("KV caches per chip: ") for line in lines) and lines[-1].startswith("fits: ")
+  report = json.loads(out.read_text())
+  sys.path.insert(0, str(ROOT))
+  from experiments.configs import gpt_bair, vqvae_bair  # pylint: disable=import-outside-toplevel
+  from videogpt_jax.models import gpt as gpt_lib, sampling  # pylint: disable=import-outside-toplevel
+  from videogpt_jax.train import steps  # pylint: disable=import-outside-toplevel
+  gpt = gpt_lib.gpt_from_config(steps.derive_gpt_config(gpt_bair.get_config("runlocal"),
+                                                        vqvae_bair.get_config("runlocal"), None))
+  assert report["program"] == "sample" and report["tokens"] == gpt.seq_len
+  assert report["kv_cache_bytes"] * 4 == sampling.kv_cache_bytes(gpt, 8)
+  assert "ceiling" not in report  # a loop counted once is no step: no roofline for the sampler
+
+  script = ("import re, importlib\n"
+            "from videogpt_jax import aot\n"
+            "from videogpt_jax.train import aot_steps\n"
+            "get = lambda m: importlib.import_module('experiments.configs.' + m).get_config('runlocal')\n"
+            "_, compiled = aot_steps.compile_sampler(get('gpt_bair'), aot.topology_devices('v5e:2x2'),\n"
+            "                                        vqvae_config=get('vqvae_bair'), batch=8)\n"
+            "print(sorted(set(re.findall(r'= (?:f32|bf16)\\[(\\d+),[\\d,]+\\]\\S* dynamic-update-slice', compiled.as_text()))))\n")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # Every cache write (keys and values of every layer; not the int token buffer) holds 2 of the 8 samples per chip.
+  assert proc.stdout.strip().splitlines()[-1] == "['2']", proc.stdout[-2000:]
+
+
+@needs_libtpu
+def test_sampler_of_a_vqvae_config_is_one_line():
+  proc = _tool("--config=experiments/configs/vqvae_bair.py:runlocal", "--topology=v5e:2x2", "--program=sample",
+               timeout=300)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]
+  assert len(errors) == 1 and "--program=sample" in errors[0] and "only a prior has a sampler" in errors[0]

@@ -101,6 +101,9 @@ class Report:
   error: str = ""
   required_bytes: int | None = None  # from an out-of-memory verdict
   mesh: dict[str, int] | None = None
+  program: str = "train_step"  # or "sample": a prior's KV-cached sampler
+  kv_cache_bytes: int | None = None  # the sampler's KV caches per chip
+  tokens: int | None = None  # the sampler's decode steps (positions per sample)
 
   @property
   def hbm_bytes(self) -> int:
@@ -134,7 +137,7 @@ class Report:
     out = {k: v for k, v in dataclasses.asdict(self).items() if k != "chip"}
     out.update(chip=self.chip.name, usable_hbm_bytes=self.chip.usable_hbm_bytes, hbm_bytes=self.hbm_bytes,
                headroom=self.headroom)
-    if self.fits:
+    if self.fits and self.program == "train_step":
       out.update(compute_s=self.compute_s, memory_s=self.memory_s, roofline_s=self.roofline_s,
                  ceiling=self.ceiling)
     return out
@@ -193,16 +196,25 @@ def format_report(report: Report) -> str:
            f"{chip.hbm_bytes_per_s / 1e9:.0f} GB/s, {_gib(chip.usable_hbm_bytes)} usable HBM per chip; "
            f"compiled in {report.compile_s:.1f} s"]
   if report.fits:
-    lines += [
+    lines.append(
         f"HBM per chip: {_gib(report.hbm_bytes)} = arguments {_gib(report.argument_bytes)} + outputs "
         f"{_gib(report.output_bytes)} - donated {_gib(report.alias_bytes)} + temporaries {_gib(report.temp_bytes)}"
-        f" + program {_gib(report.code_bytes)}",
-        f"per chip per step: {report.flops / 1e12:.3f} TFLOP, {report.bytes_accessed / 1e9:.2f} GB of HBM traffic",
-        f"roofline step {report.roofline_s * 1e3:.1f} ms (compute {report.compute_s * 1e3:.1f} ms, memory "
-        f"{report.memory_s * 1e3:.1f} ms): {'compute' if report.compute_s >= report.memory_s else 'memory'} bound, "
-        f"ceiling {report.ceiling:.0%} of peak",
-        f"fits: {_gib(report.hbm_bytes)} of {_gib(chip.usable_hbm_bytes)} per chip, headroom {report.headroom:.0%}",
-    ]
+        f" + program {_gib(report.code_bytes)}")
+    if report.program == "sample":
+      lines += [
+          f"KV caches per chip: {_gib(report.kv_cache_bytes or 0)} ({report.tokens} positions per sample)",
+          f"compiler's count, the decode loop's body once: {report.flops / 1e9:.2f} GFLOP, "
+          f"{report.bytes_accessed / 1e9:.2f} GB of HBM traffic per chip",
+      ]
+    else:
+      lines += [
+          f"per chip per step: {report.flops / 1e12:.3f} TFLOP, {report.bytes_accessed / 1e9:.2f} GB of HBM traffic",
+          f"roofline step {report.roofline_s * 1e3:.1f} ms (compute {report.compute_s * 1e3:.1f} ms, memory "
+          f"{report.memory_s * 1e3:.1f} ms): {'compute' if report.compute_s >= report.memory_s else 'memory'} "
+          f"bound, ceiling {report.ceiling:.0%} of peak",
+      ]
+    lines.append(f"fits: {_gib(report.hbm_bytes)} of {_gib(chip.usable_hbm_bytes)} per chip, headroom "
+                 f"{report.headroom:.0%}")
   else:
     lines.append(f"DOES NOT FIT on {chip.name}: {report.error}")
   return "\n".join(lines)

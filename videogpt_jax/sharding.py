@@ -176,6 +176,32 @@ def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULE
   return out
 
 
+def context_spec(names: Sequence[str | None], shape: Sequence[int], what: str = "an array") -> P | None:
+  """The spec that the logical axis `names` give an array of `shape` on the context mesh (`jax.set_mesh`), less
+  the mesh axes the mesh lacks or that do not divide their dimension; None without a mesh or on one device.
+
+  For arrays made inside a traced function (caches, kernel operands), which have no parameter sharding to follow.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return None
+  spec = []
+  for dim, axes in zip(shape, logical_to_mesh_spec(names, what=what)):
+    kept, size = [], 1
+    for name in () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes):
+      if name in mesh.shape and dim % (size * mesh.shape[name]) == 0:
+        kept.append(name)
+        size *= mesh.shape[name]
+    spec.append(tuple(kept) or None)
+  return P(*spec)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], what: str = "an array") -> jax.Array:
+  """`x` constrained to `context_spec(names, x.shape)` (unchanged without a mesh)."""
+  spec = context_spec(names, x.shape, what)
+  return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

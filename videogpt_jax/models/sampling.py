@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from videogpt_jax import visualize
+from videogpt_jax import sharding, visualize
 from videogpt_jax.models import conditioning, platforms
 from videogpt_jax.models.gpt import GPT
 
@@ -64,7 +64,9 @@ def _decode_scan(gpt: GPT, variables: Any, batch: int, cond: dict[str, jax.Array
     carry, prev, y = step(carry, pos, x, logits)
     return (cache, prev, carry), y
 
-  state = (gpt.init_cache(batch), jnp.zeros((batch,), jnp.int32), init)
+  # Under a mesh the caches split as the batch and heads do (nothing else would lay them out: they are made here).
+  cache = jax.tree.map(lambda x: sharding.constrain(x, CACHE_AXES, "the KV cache"), gpt.init_cache(batch))
+  state = (cache, jnp.zeros((batch,), jnp.int32), init)
   positions = jnp.arange(gpt.seq_len, dtype=jnp.int32)
   _, ys = jax.lax.scan(body, state, (positions, xs))
   return ys
@@ -77,9 +79,25 @@ def _decode_scan(gpt: GPT, variables: Any, batch: int, cond: dict[str, jax.Array
 CPU_GROUP_CACHE_BYTES = 16 * 2**20
 
 
+# Logical axes of both cache layouts, keys `(B, heads, d, L)` and values `(B, heads, L, d)`.
+CACHE_AXES = ("batch", "heads", None, None)
+
+
 def kv_cache_bytes(gpt: GPT, n: int = 1) -> int:
   """Bytes of the per-layer KV caches for `n` samples."""
   return n * gpt.layers * 2 * gpt.hidden_dim * gpt.seq_len * jnp.dtype(gpt.dtype).itemsize
+
+
+def kv_cache_bytes_per_device(gpt: GPT, n: int) -> int:
+  """Bytes of the caches of `n` samples that each device holds under the context mesh (all of them without
+  one): the caches split as `CACHE_AXES` split them."""
+  spec = sharding.context_spec(CACHE_AXES, (n, gpt.heads, gpt.head_dim, gpt.seq_len), "the KV cache")
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = 1
+  for axes in spec or ():
+    for name in () if axes is None else (axes,) if isinstance(axes, str) else axes:
+      shards *= mesh.shape[name]
+  return kv_cache_bytes(gpt, n) // shards
 
 
 def default_group_size(gpt: GPT, n: int, platform: str) -> int:
@@ -140,6 +158,19 @@ def _compiled_sampler(gpt: GPT, n: int, top_k: int | None, use_top_p: bool, gree
   return jax.jit(run)
 
 
+def jitted_sampler(gpt: GPT, n: int, *, top_k: int | None = None, top_p: bool = False, greedy: bool = False,
+                   group_size: int | None = None, platform: str | None = None, prefix_len: int = 0) -> Callable:
+  """The jitted function `sample` calls: `(variables, rng, cond, temperature, top_p, prefix) -> codes`.
+
+  For lowering it with abstract, sharded arguments (`train.aot_steps.compile_sampler`); `top_p` says whether a
+  nucleus is used (its mass is the traced argument), `prefix` is None when `prefix_len` is 0.
+  """
+  group = min(int(n), int(group_size or default_group_size(gpt, int(n), platform or gpt.platform)))
+  # Without a prefix the cache key is the one it always was (callers and tests look compiled samplers up by it).
+  return _compiled_sampler(gpt, int(n), top_k, bool(top_p), bool(greedy), group,
+                           *((int(prefix_len),) if prefix_len else ()))
+
+
 def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond: conditioning.Cond | None = None,
            cond_frames: jax.Array | None = None, labels: jax.Array | None = None, temperature: float = 1.0,
            top_k: int | None = None,
@@ -184,10 +215,9 @@ def sample(gpt: GPT, variables: Any, rng: jax.Array, n: int, *, cond: conditioni
       raise ValueError(f"sample: cond[{name!r}] has batch {x.shape[0]}, expected n={n}")
   if prefix is not None and (prefix.ndim != 2 or prefix.shape[0] != n or not 1 <= prefix.shape[1] <= gpt.seq_len):
     raise ValueError(f"sample: prefix must be (n={n}, P) with 1 <= P <= {gpt.seq_len}, got {prefix.shape}")
-  group = min(int(n), int(group_size or default_group_size(gpt, int(n), platform or gpt.platform)))
-  # Without a prefix the cache key is the one it always was (callers and tests look compiled samplers up by it).
-  static = (gpt, int(n), None if top_k is None else int(top_k), top_p is not None, temperature == 0, group)
-  fn = _compiled_sampler(*static, *(() if prefix is None else (int(prefix.shape[1]),)))
+  fn = jitted_sampler(gpt, int(n), top_k=None if top_k is None else int(top_k), top_p=top_p is not None,
+                      greedy=temperature == 0, group_size=group_size, platform=platform,
+                      prefix_len=0 if prefix is None else int(prefix.shape[1]))
   return fn(variables, rng, cond, jnp.float32(temperature if temperature else 1.0),
             jnp.float32(1.0 if top_p is None else top_p), None if prefix is None else jnp.asarray(prefix, jnp.int32))
 

@@ -108,20 +108,8 @@ def _splash_heads(pattern, q, k, v, *, interpret: bool) -> jax.Array:
 def _mesh_spec(shape: tuple[int, ...]) -> tuple[jax.sharding.AbstractMesh | None, P]:
   """The context mesh and the `(B, N, L, Dh)` spec of splash's inputs on it (batch and heads split as the rules
   split them, less the mesh axes that do not divide them); `(None, P())` without a mesh or on one device."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or mesh.size == 1:
-    return None, P()
-  wanted = sharding.logical_to_mesh_spec(("batch", "heads", "length", "kv"), what="splash attention inputs")
-  spec = []
-  for dim, axes in zip(shape, wanted):
-    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    kept, size = [], 1
-    for name in names:
-      if name in mesh.shape and dim % (size * mesh.shape[name]) == 0:
-        kept.append(name)
-        size *= mesh.shape[name]
-    spec.append(tuple(kept) or None)
-  return mesh, P(*spec)
+  spec = sharding.context_spec(("batch", "heads", "length", "kv"), shape, what="splash attention inputs")
+  return (None, P()) if spec is None else (jax.sharding.get_abstract_mesh(), spec)
 
 
 def splash_attend(pattern, q, k, v, *, dropout_rate, dropout_rng, deterministic, precision, interpret=False):
