@@ -50,6 +50,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("conv_out", ("model", "fsdp")),
     ("conv_k", None),
     ("norm", None),
+    ("layers", None),  # the stacked axis of `nn.scan`ned layers (GPT scan_layers=True)
 )
 
 

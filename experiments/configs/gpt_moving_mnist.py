@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.resolution = 64
   config.model = ml_collections.ConfigDict(dict(
       hidden_dim=192, heads=4, layers=8, attn_type="full", dropout=0.2, attn_dropout=0.3, n_cond_frames=0,
-      class_cond=False, remat=False))
+      class_cond=False, remat=False, remat_policy="full", scan_layers=False))
   config.batch_size = 32
   config.lr = 3e-4
   config.total_steps = 50_000

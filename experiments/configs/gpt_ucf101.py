@@ -30,6 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # The original's sparse attention has no attention dropout (its args' 0.3 is ignored by the kernel).
       hidden_dim=1032, heads=8, layers=20, attn_type="sparse", sparse_block=32, sparse_local_blocks=4,
       dropout=0.2, attn_dropout=0.0, n_cond_frames=0, class_cond=arg.variant == "classcond", remat=False,
+      # `scan_layers=True` runs the blocks under nn.scan (one layer compiled); remat_policy: gpt.REMAT_POLICIES.
+      remat_policy="full", scan_layers=False,
       # The attention implementation: "xla" on every backend (parity with the original). On TPU,
       # `--config.model.attn_kernel=splash` runs the Pallas splash kernel (videogpt_jax/models/splash_attention.py),
       # which has no attention dropout: it needs attn_dropout=0, as here.

@@ -12,7 +12,8 @@ import pytest
 
 from tests import fixtures
 from videogpt_jax.convert.torch_gpt import load_gpt
-from videogpt_jax.models import attention_patterns, conditioning
+from videogpt_jax import sharding
+from videogpt_jax.models import attention_patterns, conditioning, gpt as gpt_lib, sampling
 from videogpt_jax.models.gpt import GPT
 
 VARIANTS = ("uncond", "framecond", "classcond")
@@ -192,6 +193,53 @@ def test_remat_gives_same_logits_and_gradients():
                                 drop_remat.apply(v, codes, deterministic=False, rngs={"dropout": key})))
   a, b = run(variables, jax.random.PRNGKey(3))
   np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat, policy", [(False, "full"), (True, "full"), (True, "save_dots_no_batch")])
+def test_scanned_layers_are_the_original_loop(remat, policy):
+  """`scan_layers=True` over the stacked parameters of the imported original gives its logits, the loop's
+  gradients (unstacked) and, through the sampler's loop form, the loop's samples."""
+  z, module, variables, cond = original("framecond")
+  scan = module.clone(scan_layers=True, remat=remat, remat_policy=policy)
+  stacked = gpt_lib.stack_layers(variables, module.layers)
+  assert set(stacked["params"]) == {k for k in variables["params"] if not k.startswith("blocks_")} | {"blocks"}
+  assert jax.tree.leaves(stacked["params"]["blocks"])[0].shape[0] == module.layers
+  codes = jnp.asarray(z["codes"], jnp.int32)
+  logits = jax.jit(lambda v: scan.apply(v, codes, cond))(stacked)
+  np.testing.assert_allclose(logits, z["logits"], rtol=TOL, atol=TOL)
+
+  def grads(m, v):
+    return jax.jit(jax.grad(lambda p: _cross_entropy(m.apply({**v, "params": p}, codes, cond), codes)))(v["params"])
+
+  g_loop, g_scan = grads(module, variables), grads(scan, stacked)
+  g_scan = gpt_lib.unstack_layers({"params": g_scan}, module.layers)["params"]
+  assert jax.tree.structure(g_scan) == jax.tree.structure(g_loop)
+  for a, b in zip(jax.tree.leaves(g_loop), jax.tree.leaves(g_scan)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  if not remat:
+    key, n = jax.random.key(7), codes.shape[0]
+    np.testing.assert_array_equal(sampling.sample(scan, stacked, key, n, cond=cond),
+                                  sampling.sample(module, variables, key, n, cond=cond))
+    with pytest.raises(ValueError, match="as_loop"):
+      scan.apply(stacked, cond, n, method=GPT.prepare_decode)
+
+
+def test_scanned_layers_stack_on_a_replicated_layers_axis():
+  module, loop_variables = tiny_gpt()
+  scan = module.clone(scan_layers=True)
+  boxed = jax.eval_shape(lambda: scan.init(jax.random.PRNGKey(0), random_codes(scan)[:1]))
+  kernel = boxed["params"]["blocks"]["fc1"]["kernel"]
+  assert kernel.names == ("layers", "embed", "mlp") and kernel.value.shape == (2, 24, 96)
+  assert sharding.logical_to_mesh_spec(kernel.names) == jax.sharding.PartitionSpec(None, "fsdp", "model")
+  # Dropout runs under the scan (`deterministic` reaches the body as a Python bool): keys change the output.
+  drop, codes = scan.clone(dropout=0.5), random_codes(scan)
+  variables = gpt_lib.stack_layers(loop_variables, module.layers)
+  run = jax.jit(lambda key: drop.apply(variables, codes, deterministic=False, rngs={"dropout": key}))
+  a, b = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
+  assert bool(jnp.isfinite(a).all()) and float(jnp.abs(a - b).max()) > 1e-3
+  np.testing.assert_array_equal(drop.apply(variables, codes), scan.apply(variables, codes))
+  with pytest.raises(ValueError, match="remat_policy must be one of"):
+    module.clone(remat=True, remat_policy="dots").init(jax.random.PRNGKey(0), random_codes(module)[:1])
 
 
 def test_bfloat16_compute_keeps_float32_params():

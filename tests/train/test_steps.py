@@ -68,11 +68,14 @@ def _prior_config(module=gpt_moving_mnist, arg="runlocal"):
   return steps.derive_gpt_config(module.get_config(arg), vqvae_moving_mnist.get_config("runlocal"), None)
 
 
-def test_gpt_step_applies_the_gradient_of_gpt_loss():
+@pytest.mark.parametrize("scan", [False, True], ids=["loop", "scan_remat"])
+def test_gpt_step_applies_the_gradient_of_gpt_loss(scan):
   config = _prior_config()
   config.batch_size = 2
+  config.model.update(scan_layers=scan, remat=scan)
   program = steps.gpt_program(config, _mesh())
   state = program.init(program.init_rng)
+  assert ("blocks" in state.params) == scan and ("blocks_0" in state.params) != scan
   step, sgd = _sgd_step(steps.make_gpt_train_step, program)
   state = state.replace(opt_state=sgd.init(state.params))
   codes = jax.random.randint(jax.random.key(2), (2, *program.model.shape), 0, program.model.n_codes)

@@ -12,6 +12,10 @@ vectors, to be replaced by the trained VQ-VAE's `codebook/embeddings`). Call:
 mapping of `conditioning.make_cond(frames=..., label=...)` (None or `{}` when unconditional); the keyword form
 `apply(variables, codes, cond_frames=..., labels=...)` builds the same mapping.
 With `mutable=["intermediates"]` the forward also returns the original's intermediate tensors.
+
+With `scan_layers=True` the blocks run under `nn.scan` (one traced and compiled layer, the parameters stacked on
+a leading "layers" axis under `params/blocks`); `stack_layers` / `unstack_layers` convert variables between the
+two layouts, and decoding runs the loop form (`GPT.as_loop`).
 """
 from __future__ import annotations
 
@@ -123,6 +127,21 @@ class AttentionBlock(nn.Module):
     return self._cross_and_mlp(x + h, onehot, kv, True), cache
 
 
+class ScanBlock(AttentionBlock):
+  """`AttentionBlock` as an `nn.scan` body: carry `x`, the conditioning and `deterministic` broadcast."""
+
+  def __call__(self, x, onehot, frame_embd, deterministic=True):  # pylint: disable=arguments-renamed
+    return super().__call__(x, onehot, frame_embd, deterministic), None
+
+
+# `remat_policy` names -> what a rematerialised block keeps from its forward pass (None: nothing but its input).
+REMAT_POLICIES = {
+    "full": None,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+    "save_dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 class GPT(nn.Module):
   """VideoGPT prior over codes `(B, t, h, w)`.
 
@@ -143,6 +162,10 @@ class GPT(nn.Module):
       ignores it: a sparse prior reproducing the original uses 0, as its importer sets).
     dtype: compute dtype (parameters stay float32; norms and softmax compute in float32).
     remat: rematerialise each block in the backward pass (saves activation memory).
+    remat_policy: what a rematerialised block keeps (`REMAT_POLICIES`): "full" (nothing; recompute the block),
+      "save_dots" (every matmul output), "save_dots_no_batch" (matmuls without batch dimensions: the weights').
+    scan_layers: run the blocks under `nn.scan` over a stacked "layers" axis (one layer traced and compiled,
+      what large configs compile with); the loop form (False) is the original's parameter layout.
     cond_width: stem width of the frame encoder (the original's ResNet-34: 64).
     cond_blocks: residual blocks per group of the frame encoder (ResNet-34: (3, 4, 6, 3)); a smaller encoder is a
       cheap variant for small experiments, the defaults are what the released checkpoints use.
@@ -169,6 +192,8 @@ class GPT(nn.Module):
   attn_dropout: float = 0.3
   dtype: Any = jnp.float32
   remat: bool = False
+  remat_policy: str = "full"
+  scan_layers: bool = False
   cond_width: int = 64
   cond_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
   platform: str = "cpu"
@@ -214,6 +239,8 @@ class GPT(nn.Module):
         raise ValueError(f"GPT frame_shape {self.frame_shape} must divide by 4, and {COND_DIM} by heads")
     if self.class_cond_dim is not None and self.class_cond_dim < 1:
       raise ValueError(f"GPT class_cond_dim must be None or >= 1, got {self.class_cond_dim}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"GPT remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
 
   def setup(self):
     self._check_config()
@@ -226,11 +253,17 @@ class GPT(nn.Module):
     self.fc_in = mha.dense(c, ("codebook", "embed"), nn.initializers.normal(0.02), dtype=self.dtype)
     self.sos = self.param("sos", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)), (c,))
     self.pos_embd = PosEmbed(tuple(self.shape), c)
-    block = nn.remat(AttentionBlock, static_argnums=(4,)) if self.remat else AttentionBlock
-    pattern = self.attention_pattern
-    self.blocks = [block(pattern, c, self.heads, self.layers, self.dropout, self.attn_dropout,
-                         self.class_cond_dim, bool(self.n_cond_frames), self.dtype)
-                   for _ in range(self.layers)]
+    block = ScanBlock if self.scan_layers else AttentionBlock
+    if self.remat:
+      block = nn.remat(block, static_argnums=(4,), policy=REMAT_POLICIES[self.remat_policy])
+    args = (self.attention_pattern, c, self.heads, self.layers, self.dropout, self.attn_dropout,
+            self.class_cond_dim, bool(self.n_cond_frames), self.dtype)
+    if self.scan_layers:
+      self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.layers,
+                            metadata_params={nn.PARTITION_NAME: "layers"})(*args)
+    else:
+      self.blocks = [block(*args) for _ in range(self.layers)]
     self.norm = LayerNorm(self.class_cond_dim, dtype=jnp.float32)
     self.fc_out = mha.dense(k, ("embed", "vocab"), nn.initializers.zeros, dtype=self.dtype)
     if self.n_cond_frames:
@@ -301,9 +334,12 @@ class GPT(nn.Module):
     x = jnp.concatenate([sos, x[:, :-1]], axis=1)
     x = x + self.pos_embd().reshape(1, self.seq_len, self.hidden_dim).astype(x.dtype)
     self.sow("intermediates", "attn_stack_input", self._grid(x))
-    for i, block in enumerate(self.blocks):
-      x = block(x, onehot, frame_embd, deterministic)
-      self.sow("intermediates", f"block{i}_out", self._grid(x))
+    if self.scan_layers:
+      x, _ = self.blocks(x, onehot, frame_embd, deterministic)
+    else:
+      for i, block in enumerate(self.blocks):
+        x = block(x, onehot, frame_embd, deterministic)
+        self.sow("intermediates", f"block{i}_out", self._grid(x))
     self.sow("intermediates", "attn_stack_out", self._grid(x))
     x = self.norm(x, onehot)
     self.sow("intermediates", "final_norm_out", self._grid(x))
@@ -316,9 +352,19 @@ class GPT(nn.Module):
   def prepare_decode(self, cond: Mapping[str, jax.Array] | None, batch: int) -> dict[str, Any]:
     """Everything decoding needs from the conditioning mapping `cond`, computed once: one-hot labels and
     per-layer cross-attention keys/values."""
+    self._check_loop("prepare_decode")
     onehot, frame_embd = self._condition(conditioning.as_cond(cond), batch)
     kv = [blk.cross_kv(frame_embd) for blk in self.blocks] if frame_embd is not None else None
     return {"onehot": onehot, "cross_kv": kv}
+
+  def _check_loop(self, what: str) -> None:
+    if self.scan_layers:
+      raise ValueError(f"GPT.{what} runs the loop form: use gpt.as_loop() with unstack_layers(variables)")
+
+  @nn.nowrap
+  def as_loop(self) -> "GPT":
+    """This prior with `scan_layers=False` (the layout of `unstack_layers(variables)`)."""
+    return self.clone(scan_layers=False, parent=None) if self.scan_layers else self
 
   @nn.nowrap
   def init_cache(self, batch: int) -> list[dict[str, jax.Array]]:
@@ -341,6 +387,7 @@ class GPT(nn.Module):
     Returns:
       logits `(B, K)` float32 and the updated cache.
     """
+    self._check_loop("decode_step")
     b = prev_codes.shape[0]
     x = self.fc_in(jnp.take(self.codebook.value, prev_codes, axis=0))  # (B, C)
     x = jnp.where(pos == 0, self.sos.astype(x.dtype)[None], x)
@@ -359,6 +406,26 @@ class GPT(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 # Builder.
 # ---------------------------------------------------------------------------------------------------------------
+def stack_layers(variables: Mapping[str, Any], layers: int) -> dict[str, Any]:
+  """Loop-form variables (`params/blocks_0` ... `blocks_{layers-1}`) -> the `scan_layers=True` layout (`params/
+  blocks`, each leaf stacked on a new leading axis). Other collections are unchanged."""
+  params = dict(variables["params"])
+  blocks = [params.pop(f"blocks_{i}") for i in range(layers)]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return {**variables, "params": {**params, "blocks": stacked}}
+
+
+def unstack_layers(variables: Mapping[str, Any], layers: int) -> dict[str, Any]:
+  """The inverse of `stack_layers` (the loop form, what decoding and the original's layout use)."""
+  params = dict(variables["params"])
+  if "blocks" not in params:
+    return dict(variables)  # already the loop form
+  stacked = params.pop("blocks")
+  for i in range(layers):
+    params[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return {**variables, "params": params}
+
+
 def gpt_from_config(config) -> GPT:
   """The prior of `config.model` plus what its VQ-VAE fixes (`config.derived`: latent grid, codebook size and
   width, frame shape, number of classes; written by the trainer), `config.compute_dtype` and `config.platform`

@@ -24,6 +24,7 @@ import numpy as np
 
 from videogpt_jax import sharding, visualize
 from videogpt_jax.models import conditioning, platforms
+from videogpt_jax.models import gpt as gpt_lib
 from videogpt_jax.models.gpt import GPT
 
 _NEG_INF = -1e30
@@ -53,8 +54,11 @@ def _decode_scan(gpt: GPT, variables: Any, batch: int, cond: dict[str, jax.Array
                  xs: Any):
   """Runs `step(carry, pos, x, logits) -> (carry, prev_codes, y)` over all raster positions with KV caches.
 
-  `cond` is the conditioning mapping; `xs` holds one entry per position (leading axis L), or is None.
+  `cond` is the conditioning mapping; `xs` holds one entry per position (leading axis L), or is None. A prior with
+  scanned layers decodes in its loop form (one token per step: nothing to gain from the scan).
   """
+  if gpt.scan_layers:
+    gpt, variables = gpt.as_loop(), gpt_lib.unstack_layers(variables, gpt.layers)
   prepared = gpt.apply(variables, cond, batch, method=GPT.prepare_decode)
 
   def body(state, inputs):
