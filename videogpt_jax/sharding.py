@@ -1,7 +1,8 @@
 """The one place that knows the device mesh: mesh construction, logical-axis rules, state and batch shardings.
 
 Models annotate their parameters with logical axis names (`nn.with_logical_partitioning`) from the vocabulary
-`batch, length, embed, mlp, heads, kv, vocab, codebook, conv_in, conv_out, conv_k, norm`. `LOGICAL_AXIS_RULES`
+`batch, length, embed, mlp, heads, kv, vocab, codebook, conv_in, conv_out, conv_k, norm, layers`, and names
+activations by `batch, length, act_embed` (sharding constraints at the prior's block boundaries). `LOGICAL_AXIS_RULES`
 maps those names to the mesh axes `data`, `fsdp` and `model`:
 
 - `data`: pure data parallelism (parameters replicated).
@@ -51,6 +52,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("conv_k", None),
     ("norm", None),
     ("layers", None),  # the stacked axis of `nn.scan`ned layers (GPT scan_layers=True)
+    ("act_embed", None),  # channels of activations (the residual stream): whole on each device
 )
 
 

@@ -209,14 +209,22 @@ def _sparse_attention(q, k, v, *, shape, causal, block, num_local_blocks, rate, 
 # (attn_type, kernel name).
 AttendFn = Callable[..., jax.Array]
 _KERNELS: dict[tuple[str, str], AttendFn] = {}
+_HEADS_MAJOR: set[tuple[str, str]] = set()
 
 
-def register_kernel(attn_type: str, kernel: str, fn: AttendFn) -> None:
-  """Makes `fn` the `attend` of patterns of `attn_type` built with `kernel=kernel` (e.g. a TPU Pallas kernel)."""
+def register_kernel(attn_type: str, kernel: str, fn: AttendFn, *, heads_major: bool = False) -> None:
+  """Makes `fn` the `attend` of patterns of `attn_type` built with `kernel=kernel` (e.g. a TPU Pallas kernel).
+
+  `heads_major`: the kernel works on `(B, N, L, Dh)` internally, so callers should make q, k and v in that layout
+  and pass `(B, L, N, Dh)` views of it (`Pattern.heads_major`): the two transposes then cancel, where producing
+  `(B, L, N, Dh)` and transposing it for the kernel copies every operand and gradient through HBM.
+  """
   if attn_type not in PATTERNS or kernel == "xla":
     raise ValueError(f"register_kernel: attn_type must be one of {ATTN_TYPES} and the name not 'xla', got "
                      f"{attn_type!r}, {kernel!r}")
   _KERNELS[(attn_type, kernel)] = fn
+  if heads_major:
+    _HEADS_MAJOR.add((attn_type, kernel))
 
 
 def kernels(attn_type: str) -> tuple[str, ...]:
@@ -252,6 +260,11 @@ class Pattern:
   @property
   def length(self) -> int:
     return int(np.prod(self.shape))
+
+  @property
+  def heads_major(self) -> bool:
+    """Whether the kernel works on `(B, N, L, Dh)` (see `register_kernel`); the XLA path does not."""
+    return (self.attn_type, self.kernel) in _HEADS_MAJOR
 
   def _order(self, xp, i, j):
     return j <= i if self.causal else xp.ones(np.broadcast_shapes(np.shape(i), np.shape(j)), bool)

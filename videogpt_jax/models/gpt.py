@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from videogpt_jax import sharding
 from videogpt_jax.models import attention_patterns, conditioning, mha, platforms
 # Imported for their `register_kernel` calls: attn_kernel "splash"/"splash_interpret" (TPU), "cudnn" (GPU).
 from videogpt_jax.models import cudnn_attention, splash_attention  # noqa: F401
@@ -34,6 +35,7 @@ from videogpt_jax.models.initializers import torch_uniform
 from videogpt_jax.models.norms import LayerNorm
 
 COND_DIM = 240  # width of the frame encoder's output, hard-coded in the original
+ACTIVATION_AXES = ("batch", "length", "act_embed")  # logical axes of the residual stream (B, L, C)
 FRAME_STRIDE = (1, 4, 4)
 
 
@@ -94,7 +96,8 @@ class AttentionBlock(nn.Module):
     self.attn = mha.SelfAttention(c, self.heads, self.n_layer, self.pattern, self.attn_dropout, dtype=self.dtype)
     if self.frame_cond:
       self.pre_enc_norm = LayerNorm(self.class_cond_dim, dtype=self.dtype)
-      self.enc_attn = mha.CrossAttention(c, COND_DIM, self.heads, self.n_layer, dtype=self.dtype)
+      self.enc_attn = mha.CrossAttention(c, COND_DIM, self.heads, self.n_layer, dtype=self.dtype,
+                                         kernel=self.pattern.kernel)
     self.pre_fc_norm = LayerNorm(self.class_cond_dim, dtype=self.dtype)
     # PyTorch's default Linear init, as the original's MLP keeps it.
     self.fc1 = mha.dense(4 * c, ("embed", "mlp"), torch_uniform(c), use_bias=True, bias_init=torch_uniform(c),
@@ -107,9 +110,10 @@ class AttentionBlock(nn.Module):
     """Keys and values of the cross-attention for `frame_embd (B, Lc, 240)`; computed once per input."""
     return self.enc_attn.kv(frame_embd)
 
-  def _cross_and_mlp(self, x, onehot, kv, deterministic):
+  def _cross_and_mlp(self, x, onehot, kv, deterministic, single_token=False):
     if self.frame_cond:
-      x = x + self.drop(self.enc_attn(self.pre_enc_norm(x, onehot), kv), deterministic=deterministic)
+      h = self.enc_attn(self.pre_enc_norm(x, onehot), kv, single_token=single_token)
+      x = x + self.drop(h, deterministic=deterministic)
     h = self.fc2(gelu2(self.fc1(self.pre_fc_norm(x, onehot))))
     return x + self.drop(h, deterministic=deterministic)
 
@@ -118,13 +122,15 @@ class AttentionBlock(nn.Module):
     """x `(B, L, C)`, onehot `(B, classes)` or None, frame_embd `(B, Lc, 240)` or None -> `(B, L, C)`."""
     x = x + self.drop(self.attn(self.pre_attn_norm(x, onehot), deterministic), deterministic=deterministic)
     kv = self.cross_kv(frame_embd) if self.frame_cond else None
-    return self._cross_and_mlp(x, onehot, kv, deterministic)
+    # The block boundary's layout, said once: examples split over the batch axes, tokens and channels whole on
+    # every device (on a mesh; a no-op without one), so no block inherits an odd layout from its neighbour.
+    return sharding.constrain(self._cross_and_mlp(x, onehot, kv, deterministic), ACTIVATION_AXES, "block output")
 
   def decode(self, x: jax.Array, onehot: jax.Array | None, kv: tuple[jax.Array, jax.Array] | None,
              cache: dict[str, jax.Array], pos: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """One token `(B, 1, C)` at raster position `pos` with this layer's KV cache (see `SelfAttention.decode`)."""
     h, cache = self.attn.decode(self.pre_attn_norm(x, onehot), cache, pos)
-    return self._cross_and_mlp(x + h, onehot, kv, True), cache
+    return self._cross_and_mlp(x + h, onehot, kv, True, single_token=True), cache
 
 
 class ScanBlock(AttentionBlock):

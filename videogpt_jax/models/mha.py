@@ -6,7 +6,7 @@ projection weights need no permutation.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import einops
 import flax.linen as nn
@@ -59,11 +59,46 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+# Cross-attention kernels by name: `fn(q, k, v) -> out` with q `(B, Lq, N, Dk)`, k `(B, Lk, N, Dk)`, v
+# `(B, Lk, N, Dv)`, unmasked, scores scaled by `1/sqrt(Dk)`, out `(B, Lq, N, Dv)` in q's dtype. A prior's
+# `attn_kernel` picks its cross-attention too where a kernel of that name is registered ("splash" on TPU:
+# `splash_attention.py`); any other name runs `dot_product_attention`.
+CrossAttendFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+_CROSS_KERNELS: dict[str, CrossAttendFn] = {}
+
+
+def register_cross_kernel(kernel: str, fn: CrossAttendFn) -> None:
+  """Makes `fn` the cross-attention of priors whose `attn_kernel` is `kernel`."""
+  if kernel == "xla":
+    raise ValueError("register_cross_kernel: 'xla' is the built-in dot_product_attention")
+  _CROSS_KERNELS[kernel] = fn
+
+
+def cross_kernel(kernel: str) -> CrossAttendFn:
+  """The cross-attention that `kernel` runs: a registered kernel, else the XLA `dot_product_attention`."""
+  return _CROSS_KERNELS.get(kernel, dot_product_attention)
+
+
+class Projection(nn.Module):
+  """A bias-free projection's `(in, features)` kernel (the parameter `nn.Dense` would hold under the same name),
+  returned rather than applied: several projections of one input then run as one matmul over their concatenated
+  kernels, which reads the input once instead of once per projection."""
+  features: int
+  names: tuple[str | None, str | None]
+  kernel_init: Any
+
+  @nn.compact
+  def __call__(self, in_features: int) -> jax.Array:
+    return self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.names),
+                      (in_features, self.features), jnp.float32)
+
+
 class SelfAttention(nn.Module):
   """Causal multi-head self-attention over the raster-flattened latent grid.
 
-  q/k/v projections have no bias (init N(0, 1/sqrt(hidden))); the output projection `fc` has one (weight init
-  N(0, 1/sqrt(hidden * n_layer))). The mask (full / axial / block-sparse) and the attention kernel are the
+  q/k/v projections have no bias (init N(0, 1/sqrt(hidden))) and run as one matmul over their concatenated
+  kernels (the parameters stay the original's `w_qs`, `w_ks`, `w_vs`); the output projection `fc` has a bias
+  (weight init N(0, 1/sqrt(hidden * n_layer))). The mask (full / axial / block-sparse) and the attention kernel are the
   `pattern`'s job; the same weights serve every pattern.
 
   Attributes:
@@ -86,9 +121,8 @@ class SelfAttention(nn.Module):
     if not self.pattern.causal:
       raise ValueError("the prior's self-attention needs a causal pattern (KV-cached decoding relies on it)")
     c = self.hidden_dim
-    self.w_qs = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
-    self.w_ks = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
-    self.w_vs = dense(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)), dtype=self.dtype)
+    self.w_qs, self.w_ks, self.w_vs = (Projection(c, ("embed", "heads"), normal_init(1 / np.sqrt(c)))
+                                       for _ in range(3))
     self.fc = dense(c, ("heads", "embed"), normal_init(1 / np.sqrt(c * self.n_layer)), use_bias=True,
                     bias_init=torch_uniform(c), dtype=self.dtype)
 
@@ -97,8 +131,15 @@ class SelfAttention(nn.Module):
     return self.hidden_dim // self.heads
 
   def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    return (split_heads(self.w_qs(x), self.heads), split_heads(self.w_ks(x), self.heads),
-            split_heads(self.w_vs(x), self.heads))
+    """x `(B, L, C)` -> q, k, v `(B, L, heads, d)`, from one matmul whose output puts q|k|v outermost (each a
+    contiguous slice), laid out `(B, heads, L, d)` underneath for a kernel that works in that layout."""
+    c = x.shape[-1]
+    kernel = jnp.stack([self.w_qs(c), self.w_ks(c), self.w_vs(c)]).astype(self.dtype)  # (3, C, C)
+    x = x.astype(self.dtype)
+    if self.pattern.heads_major:
+      qkv = jnp.einsum("blc,kcnd->kbnld", x, kernel.reshape(3, c, self.heads, -1))
+      return tuple(jnp.swapaxes(t, 1, 2) for t in qkv)
+    return tuple(split_heads(t, self.heads) for t in jnp.einsum("blc,kcf->kblf", x, kernel))
 
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
     """x `(B, L, C)` in raster order, `L = t*h*w` -> `(B, L, C)`."""
@@ -160,12 +201,14 @@ class CrossAttention(nn.Module):
     heads: number of heads (both C and cond_dim must divide by it).
     n_layer: depth of the stack (scales the output projection's init).
     dtype: compute dtype.
+    kernel: the prior's `attn_kernel` (see `cross_kernel`).
   """
   hidden_dim: int
   cond_dim: int
   heads: int
   n_layer: int
   dtype: Any = jnp.float32
+  kernel: str = "xla"
 
   def setup(self):
     c, e = self.hidden_dim, self.cond_dim
@@ -179,8 +222,10 @@ class CrossAttention(nn.Module):
     """cond `(B, Lc, cond_dim)` -> keys `(B, Lc, heads, C/heads)`, values `(B, Lc, heads, cond_dim/heads)`."""
     return split_heads(self.w_ks(cond), self.heads), split_heads(self.w_vs(cond), self.heads)
 
-  def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array]) -> jax.Array:
-    """x `(B, L, C)`, kv from `kv()` (computed once per conditioning input) -> `(B, L, C)`."""
+  def __call__(self, x: jax.Array, kv: tuple[jax.Array, jax.Array], single_token: bool = False) -> jax.Array:
+    """x `(B, L, C)`, kv from `kv()` (computed once per conditioning input) -> `(B, L, C)`; `single_token`: x is
+    one decoding step."""
     q = split_heads(self.w_qs(x), self.heads)
     k, v = kv
-    return self.fc(merge_heads(dot_product_attention(q, k, v)))
+    attend = dot_product_attention if single_token else cross_kernel(self.kernel)
+    return self.fc(merge_heads(attend(q, k, v)))
