@@ -47,6 +47,8 @@ def _define_flags() -> None:
                     "KV-cached sampler.")
   flags.DEFINE_integer("sample_batch", 0, "--program=sample: samples decoded together (0: the config's "
                        "batch_size).", lower_bound=0)
+  flags.DEFINE_bool("layer_costs", True, "A prior with scan_layers: also compile it with 1 and 2 blocks unscanned, "
+                    "for flops and bytes per block (the compiler counts a loop's body once).")
   flags.mark_flags_as_required(["config", "topology"])
 
 
@@ -74,7 +76,8 @@ def main(argv):
     except ValueError as e:  # a batch the mesh cannot split
       raise cli.UsageError(f"--sample_batch={FLAGS.sample_batch or config.batch_size}: {e}") from e
   else:
-    report, _ = aot_steps.compile_train_step(config, devices, vqvae_config=vqvae_config)
+    report, _ = aot_steps.compile_train_step(config, devices, vqvae_config=vqvae_config,
+                                             layer_costs=FLAGS.layer_costs)
   print(aot.format_report(report))
   if FLAGS.json:
     pathlib.Path(FLAGS.json).write_text(json.dumps(report.to_json(), indent=2))

@@ -55,6 +55,31 @@ def test_roofline_and_headroom_arithmetic():
   assert json.loads(json.dumps(report.to_json()))["ceiling"] == pytest.approx(0.5)
 
 
+def test_kernel_flops_join_the_roofline():
+  # The compiler's count leaves Pallas kernels out; the report adds them (0.5 s of v5e compute) to its own.
+  report = aot.Report(V5E, 8, True, 1.0, flops=98.5e12, kernel_flops=98.5e12, bytes_accessed=819e9)
+  assert report.total_flops == pytest.approx(197e12) and report.ceiling == pytest.approx(1.0)
+  assert "of which 98.500 TFLOP in Pallas attention kernels" in aot.format_report(report)
+  assert "Pallas" not in aot.format_report(aot.Report(V5E, 8, True, 1.0, flops=1e12, bytes_accessed=1e9))
+
+
+def test_pallas_flops_of_a_splash_prior():
+  """Per chip: blocks x examples per chip x heads per chip x one head's splash flops (self- and cross-attention);
+  nothing for the XLA attention."""
+  from videogpt_jax import sharding  # pylint: disable=import-outside-toplevel
+  from videogpt_jax.models import gpt as gpt_lib, splash_attention  # pylint: disable=import-outside-toplevel
+  from videogpt_jax.train import aot_steps  # pylint: disable=import-outside-toplevel
+
+  mesh = sharding.make_mesh(types.SimpleNamespace(mesh=(1, 1, 1)), devices=jax.devices()[:1])
+  kw = dict(shape=(2, 16, 16), n_codes=16, embedding_dim=8, hidden_dim=48, heads=2, layers=3, attn_type="full",
+            n_cond_frames=1, frame_shape=(64, 64), remat=True)
+  gpt = gpt_lib.GPT(**kw, attn_kernel="splash")
+  self_attn = splash_attention.train_flops(10, 128, 128, 24, 24, recompute=True)
+  cross = splash_attention.train_flops(4 * 2, 128, 128, 24, 120, recompute=True)  # 256 frame features: 2 tiles
+  assert aot_steps.pallas_flops(gpt, mesh, 4) == pytest.approx(3 * 4 * 2 * (self_attn + cross))
+  assert aot_steps.pallas_flops(gpt_lib.GPT(**kw), mesh, 4) == 0.0
+
+
 class _Refused:
   """A `Lowered` whose compile is refused the way the TPU compiler refuses a step too big for HBM."""
 

@@ -104,6 +104,11 @@ class Report:
   program: str = "train_step"  # or "sample": a prior's KV-cached sampler
   kv_cache_bytes: int | None = None  # the sampler's KV caches per chip
   tokens: int | None = None  # the sampler's decode steps (positions per sample)
+  cost_note: str = ""  # where flops and bytes come from, when not the compiler's count of this program
+  loop_flops: float | None = None  # the compiler's count of a program whose layer loop it counted once
+  loop_bytes_accessed: float | None = None
+  kernel_flops: float = 0.0  # Pallas kernels' flops, which the compiler's count leaves out (analytic)
+  block_probes: dict[str, dict[str, float]] | None = None  # {"1": {flops, bytes_accessed}, "2": ...}: see cost_note
 
   @property
   def hbm_bytes(self) -> int:
@@ -118,8 +123,13 @@ class Report:
     return 1.0 - self.hbm_bytes / self.chip.usable_hbm_bytes
 
   @property
+  def total_flops(self) -> float:
+    """The compiler's flops plus the Pallas kernels' (`kernel_flops`)."""
+    return self.flops + self.kernel_flops
+
+  @property
   def compute_s(self) -> float:
-    return self.flops / self.chip.peak_flops
+    return self.total_flops / self.chip.peak_flops
 
   @property
   def memory_s(self) -> float:
@@ -208,7 +218,11 @@ def format_report(report: Report) -> str:
       ]
     else:
       lines += [
-          f"per chip per step: {report.flops / 1e12:.3f} TFLOP, {report.bytes_accessed / 1e9:.2f} GB of HBM traffic",
+          f"per chip per step: {report.total_flops / 1e12:.3f} TFLOP, {report.bytes_accessed / 1e9:.2f} GB of HBM "
+          f"traffic" + (f" ({report.cost_note})" if report.cost_note else ""),
+          *([f"  of which {report.kernel_flops / 1e12:.3f} TFLOP in Pallas attention kernels, counted from the "
+             "tiles they compute (the compiler's cost analysis does not see into them)"] if report.kernel_flops
+            else []),
           f"roofline step {report.roofline_s * 1e3:.1f} ms (compute {report.compute_s * 1e3:.1f} ms, memory "
           f"{report.memory_s * 1e3:.1f} ms): {'compute' if report.compute_s >= report.memory_s else 'memory'} "
           f"bound, ceiling {report.ceiling:.0%} of peak",

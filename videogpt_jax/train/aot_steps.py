@@ -12,9 +12,11 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
+import numpy as np
 
 from videogpt_jax import aot, sharding
-from videogpt_jax.models import sampling
+from videogpt_jax.models import gpt as gpt_lib
+from videogpt_jax.models import sampling, splash_attention
 from videogpt_jax.train import steps
 
 
@@ -35,14 +37,70 @@ def train_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def compile_train_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device], *,
-                       vqvae_config: ml_collections.ConfigDict | None = None) -> tuple[aot.Report, Any]:
-  """Compiles `config`'s train step over `devices` (all of them, in `config.mesh`): `(aot.Report, compiled)`."""
+                       vqvae_config: ml_collections.ConfigDict | None = None, layer_costs: bool = True
+                       ) -> tuple[aot.Report, Any]:
+  """Compiles `config`'s train step over `devices` (all of them, in `config.mesh`): `(aot.Report, compiled)`.
+
+  A prior whose blocks run under `nn.scan` (`model.scan_layers`) compiles to a loop, whose body the compiler's cost
+  analysis counts once, not once per layer. With `layer_costs` the report's flops and bytes are then those of the
+  same step compiled with 1 and with 2 blocks in the loop form, extrapolated to the config's depth (the blocks are
+  identical, so the cost is affine in their number); the compiler's own count of the loop program is kept in
+  `report.loop_flops` / `report.loop_bytes_accessed`, the probes' figures in `report.block_probes`. Memory, the
+  verdict and `compile_s` are always the real program's.
+  """
+  report, compiled = _compile(config, devices, vqvae_config)
+  if (layer_costs and report.fits and stage(config) == "gpt" and config.model.get("scan_layers", False)):
+    layers = int(config.model.layers)
+    one, two = (_compile(_unscanned(config, n), devices, vqvae_config)[0] for n in (1, 2))
+    if not (one.fits and two.fits):
+      raise RuntimeError("the 1- and 2-block probe compiles of a prior that fits did not fit")
+    report.loop_flops, report.loop_bytes_accessed = report.flops, report.bytes_accessed
+    report.block_probes = {str(n): {"flops": r.flops, "bytes_accessed": r.bytes_accessed, "compile_s": r.compile_s}
+                           for n, r in ((1, one), (2, two))}
+    report.flops = one.flops + (layers - 1) * (two.flops - one.flops)
+    report.bytes_accessed = one.bytes_accessed + (layers - 1) * (two.bytes_accessed - one.bytes_accessed)
+    report.cost_note = (f"flops and bytes of the {layers} scanned blocks extrapolated from 1- and 2-block compiles "
+                        f"(the compiler counts a loop's body once: {report.loop_flops / 1e12:.3f} TFLOP, "
+                        f"{report.loop_bytes_accessed / 1e9:.2f} GB for the loop program)")
+  return report, compiled
+
+
+def pallas_flops(model: Any, mesh: jax.sharding.Mesh, batch: int) -> float:
+  """Per-chip flops of a train step's Pallas (splash) attention kernels, which the compiler's cost analysis does not
+  see into (it counts their operands' bytes, not their flops): 0 for models that run none. Counted from the tiles
+  splash computes (`splash_attention.computed_tiles`: masked-out tiles are skipped, partly masked ones computed
+  whole), for every block's self-attention and, with frame conditioning, cross-attention."""
+  if not isinstance(model, gpt_lib.GPT) or not model.attn_kernel.startswith("splash"):
+    return 0.0
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  examples = batch // shards if batch % shards == 0 else batch
+  heads = model.heads // mesh.shape["model"] if model.heads % mesh.shape["model"] == 0 else model.heads
+  pattern, length, tile = model.attention_pattern, model.seq_len, splash_attention.tile_size(model.seq_len)
+  d = model.head_dim
+  per_head = splash_attention.train_flops(splash_attention.computed_tiles(pattern), tile, tile, d, d,
+                                          recompute=model.remat)
+  if model.n_cond_frames:
+    cond_len = int(np.prod(model.frame_cond_shape))
+    kv_tiles = -(-cond_len // splash_attention.TILE)
+    per_head += splash_attention.train_flops((length // tile) * kv_tiles, tile, splash_attention.TILE, d,
+                                             gpt_lib.COND_DIM // model.heads, recompute=model.remat)
+  return float(model.layers * examples * heads * per_head)
+
+
+def _unscanned(config: ml_collections.ConfigDict, layers: int) -> ml_collections.ConfigDict:
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.model.scan_layers, out.model.layers = False, layers
+  return out
+
+
+def _compile(config, devices, vqvae_config) -> tuple[aot.Report, Any]:
   mesh = sharding.make_mesh(config, devices=devices)
   program = train_program(config, mesh, vqvae_config)
   with jax.set_mesh(mesh):
     report, compiled = aot.compile_step(
         lambda: program.train_step.lower(program.abstract_state, program.abstract_batch), devices)
   report.mesh = dict(mesh.shape)
+  report.kernel_flops = pallas_flops(program.model, mesh, int(config.batch_size))
   return report, compiled
 
 
