@@ -67,6 +67,20 @@ def gpt_base() -> ml_collections.ConfigDict:
   return config
 
 
+def tpu(config: ml_collections.ConfigDict) -> None:
+  """The `tpu` config argument: how the paper configs run on TPU slices (docs/scaling.md; each is compiled for its
+  slice by `benchmarks/tpu_compile.py`). bf16 compute over float32 parameters; a prior also rematerialises each
+  block, runs the blocks under `nn.scan` (one layer compiled) and its attention in Pallas splash kernels (which
+  have no attention dropout: the paper configs' sparse attention has none). Parity with the original stays the
+  default (no `tpu`): float32, the XLA attention, the loop form."""
+  config.compute_dtype = "bfloat16"
+  if "vqvae_workdir" in config:
+    if config.model.attn_dropout:
+      raise ValueError("the tpu config argument runs splash attention, which has no attention dropout; "
+                       f"this config has attn_dropout={config.model.attn_dropout}")
+    config.model.update(dict(remat=True, scan_layers=True, attn_kernel="splash"))
+
+
 def _tiny_data(config: ml_collections.ConfigDict, dataset: str) -> None:
   """4-frame 16x16 clips; Moving MNIST uses its 32-clip `tiny` build (other datasets keep their real data)."""
   if dataset == "moving_mnist":

@@ -24,7 +24,7 @@ from experiments.configs import common_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, runlocal=False)
+  arg = parse_arg(arg, runlocal=False, tpu=False)
   config = common_config.gpt_base()
   config.data.name = "bair"
   config.data.seq_len = 16
@@ -42,6 +42,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 32
   config.lr = 3e-4
   config.total_steps = 150_000
+  if arg.tpu:
+    common_config.tpu(config)
   if arg.runlocal:
     common_config.gpt_runlocal(config, dataset="bair")
   return config

@@ -18,7 +18,7 @@ from experiments.configs import common_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, runlocal=False, variant="uncond")
+  arg = parse_arg(arg, runlocal=False, tpu=False, variant="uncond")
   if arg.variant not in ("uncond", "classcond"):
     raise ValueError(f"unknown gpt_ucf101 variant {arg.variant!r}; expected 'uncond' or 'classcond'")
   config = common_config.gpt_base()
@@ -39,6 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 32
   config.lr = 3e-4
   config.total_steps = 200_000
+  if arg.tpu:
+    common_config.tpu(config)
   if arg.runlocal:
     common_config.gpt_runlocal(config, dataset="ucf101")
   return config

@@ -25,7 +25,7 @@ VARIANTS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, runlocal=False, variant="8x32x32")
+  arg = parse_arg(arg, runlocal=False, tpu=False, variant="8x32x32")
   if arg.variant not in VARIANTS:
     raise ValueError(f"unknown vqvae_bair variant {arg.variant!r}; expected one of {sorted(VARIANTS)}")
   v = VARIANTS[arg.variant]
@@ -39,6 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 32
   config.lr = v["lr"]
   config.total_steps = 100_000
+  if arg.tpu:
+    common_config.tpu(config)
   if arg.runlocal:
     common_config.vqvae_runlocal(config, dataset="bair")
   return config

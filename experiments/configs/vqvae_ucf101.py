@@ -17,7 +17,7 @@ from experiments.configs import common_config, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = parse_arg(arg, runlocal=False)
+  arg = parse_arg(arg, runlocal=False, tpu=False)
   config = common_config.vqvae_base()
   config.data.name = "ucf101"
   config.data.seq_len = 16
@@ -28,6 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 32
   config.lr = 3e-4
   config.total_steps = 100_000
+  if arg.tpu:
+    common_config.tpu(config)
   if arg.runlocal:
     common_config.vqvae_runlocal(config, dataset="ucf101")
   return config

@@ -55,6 +55,27 @@ def test_paper_settings():
   assert gpt_ucf101.get_config("classcond").model.class_cond and not gpt_ucf101.get_config().model.class_cond
 
 
+@pytest.mark.parametrize("name,variant", [("vqvae_bair", None), ("vqvae_ucf101", None), ("gpt_bair", None),
+                                          ("gpt_ucf101", "classcond")])
+def test_tpu_argument(name, variant):
+  """`:tpu` changes what runs, not the model: bf16 compute, and for priors remat, scanned blocks and splash."""
+  module = importlib.import_module(f"experiments.configs.{name}")
+  plain, tpu = module.get_config(variant), module.get_config(",".join(filter(None, [variant, "tpu"])))
+  assert plain.compute_dtype == "float32" and tpu.compute_dtype == "bfloat16"
+  changed = {k for k in plain.model if plain.model[k] != tpu.model[k]}
+  if name.startswith("gpt"):
+    assert changed == {"remat", "scan_layers", "attn_kernel"} and tpu.model.attn_kernel == "splash"
+    assert plain.model.attn_kernel == "xla" and tpu.model.remat and tpu.model.scan_layers
+  else:
+    assert changed == set()
+  from experiments.configs import common_config  # pylint: disable=import-outside-toplevel
+  if name.startswith("gpt"):
+    dropout = module.get_config(variant)
+    dropout.model.attn_dropout = 0.3
+    with pytest.raises(ValueError, match="splash attention, which has no attention dropout"):
+      common_config.tpu(dropout)
+
+
 def _launch(*args, devices=2, **env):
   return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=_env(devices, **env), capture_output=True,
                         text=True, timeout=600)
