@@ -13,7 +13,7 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks import tpu_compile  # noqa: E402
+from benchmarks import gpu_bench, tpu_compile  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 NOT_MEASURED = "not measured"
 REFERENCE_MATMUL = 190e9  # float32 matmul rate of the reference machine (185-200 GFLOP/s)
@@ -290,7 +290,7 @@ def train_step_provenance(*tables) -> str:
   rows = [r for t in tables for r in (t or {}).values()
           if r.get("kind", "train") in ("train", "vqvae", "prior") and ("median_s" in r or "per_device_flops" in r)]
   other = [r["name"] for r in rows if r.get("train_step") != TRAINER_STEP]
-  text = ("Train-step rows time (and the projection compiles) the trainers' own steps, built by "
+  text = ("Train-step rows time the trainers' own steps, built by "
           f"`{TRAINER_STEP}` from the trainers' default config around each model: loss, gradient, global-norm "
           "clipping, Adam on the cosine schedule, the state's shardings and donation, one `jax.jit`.")
   if other:
@@ -321,7 +321,7 @@ def main() -> None:
       "MFU = XLA cost-analysis flops / median step time / the float32 matmul rate (2048², jitted) measured in the "
       "same run.",
       "",
-      train_step_provenance(vq, pr, rows_by_name(load("projection" + args.suffix))),
+      train_step_provenance(vq, pr),
       "",
       "## Runs",
       "",
@@ -359,16 +359,29 @@ def main() -> None:
       "",
       "## TPU slices (compiled by the TPU compiler, not run)",
       "",
-      "Each paper config's train step (the trainer's own) compiled for a TPU slice by libtpu's compiler on this "
-      "host (`benchmarks/tpu_compile.py` → `python -m experiments.compile`; no TPU was available, none ran). HBM "
-      "per chip = arguments + outputs − donated + temporaries + program, against the compiler's usable HBM; "
-      "\"does not fit\" is the compiler's own out-of-memory verdict. Flops and bytes: the TPU compiler's cost "
-      "analysis of one chip's program. Roofline step = max(flops / peak, bytes / HBM bandwidth) with published "
-      "peaks (v5e: 197 TFLOP/s bf16, 819 GB/s; v4: 275 TFLOP/s, 1.2 TB/s); ceiling = compute time / roofline "
-      "step. Inter-chip communication is not included (the step is a lower bound, the ceiling an upper bound). "
-      "Compile time is wall-clock on this shared 2-core host. Which slice and mesh to use: `docs/scaling.md`.",
+      "Each paper config's train step (the trainer's own, with the config's `tpu` argument: bf16 compute; priors "
+      "with per-block remat, blocks under `nn.scan`, splash attention) compiled for a TPU slice by libtpu's "
+      "compiler on this host (`benchmarks/tpu_compile.py` → `python -m experiments.compile`; no TPU was available, "
+      "none ran). HBM per chip = arguments + outputs − donated + temporaries + program, against the compiler's "
+      "usable HBM; \"does not fit\" is the compiler's own out-of-memory verdict. Flops and bytes: the TPU "
+      "compiler's cost analysis of one chip's program, with two corrections the tool states in its output: a "
+      "scanned layer stack is a loop whose body the compiler counts once, so a prior's figures come from 1- and "
+      "2-block compiles extrapolated to its depth; and the compiler does not see into Pallas kernels, so splash "
+      "attention's flops are counted from the tiles it computes (partly masked tiles whole) and added. Roofline "
+      "step = max(flops / peak, bytes / HBM bandwidth) with published peaks (v5e: 197 TFLOP/s bf16, 819 GB/s; v4: "
+      "275 TFLOP/s, 1.2 TB/s); ceiling = compute time / roofline step. Inter-chip communication is not included "
+      "(the step is a lower bound, the ceiling an upper bound). Compile time is wall-clock on this shared 2-core "
+      "host. Which slice and mesh to use: `docs/scaling.md`.",
       "",
       *tpu_compile.table(tc),
+      "",
+      "## GPU (run, when a session had one)",
+      "",
+      "The paper configs' train steps (bf16; priors with remat and scanned blocks) at a per-GPU batch and the BAIR "
+      "prior's sampler, run on one GPU by `bash benchmarks/gpu_bench.sh` (`benchmarks/gpu_bench.py`): median of 5 "
+      "steps after a warm-up, compile separate, the GPU's peak memory.",
+      "",
+      *gpu_bench.table(load("gpu_bench" + args.suffix)),
       "",
   ]
   out = pathlib.Path(args.out)

@@ -47,3 +47,22 @@ def test_unknown_workload_is_refused(tmp_path):
   assert proc.returncode != 0
   assert "unknown workload(s) ['nope']" in proc.stderr
   assert not (tmp_path / "prior_bench_quick.json").exists()
+
+
+def test_gpu_suite_runs_the_trainers_steps_and_the_sampler(tmp_path):
+  """`gpu_bench.py --quick`: the runlocal configs' train steps and sampler on this backend (CPU here), and the
+  table docs/benchmarks.md shows: measured rows of a real run, "not measured" for a quick run or none."""
+  result = _run("gpu_bench.py", "bair_vqvae,bair_prior,bair_prior_sample", tmp_path)
+  rows = {r["name"]: r for r in result["rows"]}
+  assert set(rows) == {"bair_vqvae", "bair_prior", "bair_prior_sample"}
+  for row in rows.values():
+    assert "skipped" not in row, row.get("skipped")
+    assert row["median_s"] > 0 and row["batch"] == 2
+  assert rows["bair_vqvae"]["clips_per_s"] > 0 and rows["bair_prior"]["tokens_per_s"] > 0
+  assert rows["bair_prior_sample"]["tokens"] > 0 and rows["bair_prior_sample"]["tokens_per_s"] > 0
+  sys.path.insert(0, str(ROOT))
+  from benchmarks import gpu_bench  # pylint: disable=import-outside-toplevel
+  assert gpu_bench.table(result)[0].startswith("Not measured")  # a quick run is no measurement
+  assert gpu_bench.table(None)[0].startswith("Not measured")
+  lines = gpu_bench.table({**result, "quick": False})
+  assert len(lines) == 5 and lines[2].startswith("| bair_vqvae | `vqvae_bair.py` compute_dtype=bfloat16 | cpu |")
