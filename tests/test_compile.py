@@ -134,7 +134,6 @@ def test_bad_topology_is_one_line():
 
 
 @needs_libtpu
-@pytest.mark.slow
 @pytest.mark.parametrize("config", ["vqvae_bair.py:runlocal", "gpt_bair.py:runlocal"])
 def test_runlocal_configs_compile_for_tpu(config, tmp_path):
   out = tmp_path / "report.json"
@@ -149,6 +148,28 @@ def test_runlocal_configs_compile_for_tpu(config, tmp_path):
   # The state is donated: its outputs reuse the argument buffers.
   assert report["alias_bytes"] > 0.5 * report["output_bytes"]
   assert 0 < report["hbm_bytes"] < report["usable_hbm_bytes"] and 0 < report["ceiling"] <= 1
+
+
+@needs_libtpu
+def test_scanned_prior_costs_are_extrapolated_from_block_compiles(tmp_path):
+  """The compiler counts a loop's body once, so a scanned prior's costs come from 1- and 2-block compiles; their
+  extrapolation must give what the compiler counts for the same depth unscanned (3 blocks here)."""
+  reports = {}
+  for name, scan in (("scan", "True"), ("loop", "False")):
+    out = tmp_path / f"{name}.json"
+    proc = _tool("--config=experiments/configs/gpt_bair.py:runlocal", "--topology=v5e:2x2", f"--json={out}",
+                 "--config.model.layers=3", f"--config.model.scan_layers={scan}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports[name] = json.loads(out.read_text())
+  scan, loop = reports["scan"], reports["loop"]
+  assert "extrapolated from 1- and 2-block compiles" in scan["cost_note"] and not loop["cost_note"]
+  probes = scan["block_probes"]
+  assert scan["flops"] == pytest.approx(probes["1"]["flops"] + 2 * (probes["2"]["flops"] - probes["1"]["flops"]))
+  # (XLA may unroll a loop this short, and then counts every block itself; the BAIR prior's 16-block loop it keeps,
+  # and counts 1.4 of 24 TFLOP: benchmarks/results/tpu_compile.json.)
+  assert scan["loop_flops"] <= 1.001 * scan["flops"]
+  assert scan["flops"] == pytest.approx(loop["flops"], rel=0.02)
+  assert scan["bytes_accessed"] == pytest.approx(loop["bytes_accessed"], rel=0.1)
 
 
 def test_suite_table_shows_fit_and_refusal():
