@@ -45,6 +45,11 @@ ROWS: dict[str, dict[str, Any]] = {
                               note="batch 32"),
     "ucf101_prior_cc_v5e8": dict(config=C + "gpt_ucf101.py:classcond,tpu", topology="v5e:2x4", overrides=[],
                                  note="class-conditional, batch 32"),
+    # The smallest slice that holds each UCF-101 config with 10% headroom (a chip pair does not: 16 clips per chip).
+    "ucf101_vqvae_v5e4": dict(config=C + "vqvae_ucf101.py:tpu", topology="v5e:2x2", overrides=[],
+                              note="batch 32"),
+    "ucf101_prior_cc_v5e4": dict(config=C + "gpt_ucf101.py:classcond,tpu", topology="v5e:2x2", overrides=[],
+                                 note="class-conditional, batch 32"),
     # A pod: batch 32 over 256 chips needs the model axis (the batch divides by data x fsdp); two axes > 1 only
     # (docs/scaling.md: the XLA fault of meshes with all three).
     "ucf101_vqvae_v5e256": dict(config=C + "vqvae_ucf101.py:tpu", topology="v5e:16x16",
@@ -53,6 +58,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "ucf101_prior_cc_v5e256": dict(config=C + "gpt_ucf101.py:classcond,tpu", topology="v5e:16x16",
                                    overrides=["--config.mesh=(32,1,8)"],
                                    note="class-conditional; batch 32 over data=32, heads and MLP over model=8"),
+    # What a pod user would run instead: the batch scaled with the chips (4 clips per chip, as on v5e-8).
+    "ucf101_prior_cc_v5e256_b1024": dict(config=C + "gpt_ucf101.py:classcond,tpu", topology="v5e:16x16",
+                                         overrides=["--config.batch_size=1024", "--config.mesh=(256,1,1)"],
+                                         note="class-conditional; batch 1024 (4 per chip) over data=256"),
 }
 QUICK = {
     "vqvae_runlocal_v5e4": dict(config=C + "vqvae_bair.py:runlocal", topology="v5e:2x2", overrides=[],

@@ -13,7 +13,7 @@ samples from the first frame of every test clip, scores the samples against base
 Why these sizes (docs/demo.md has the log of what was tried and what each gave): the earlier demo's prior, over
 1,024 tokens per clip of two digits at 64x64, saw ~1,200 clips in its 7 minutes and sampled noise (test bits/dim
 2.12). Here a clip is 256 tokens (32x32 frames, one digit), the training split gives 8,000 pre-encoded clips (two
-per 16-frame sequence), and the prior's 1,000 steps of 16 clips are 16,000 clips (4.1M tokens). The digit fills the
+per 16-frame sequence), and the prior's 950 steps of 16 clips are 15,200 clips (3.9M tokens). The digit fills the
 frame (40x40 canvas) so that its strokes are 2 pixels wide at 32x32: on the 64x64 canvas they were 1 pixel wide and
 no VQ-VAE tried here reconstructed more than blobs.
 """
@@ -59,11 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   gpt.eval_batch_size = 16
   gpt.lr = 3e-3
   gpt.warmup_steps = 50
-  gpt.total_steps = 1000
+  gpt.total_steps = 950
   gpt.log_every = 25
   gpt.eval_every = 0
   gpt.eval_options.samples.every = 0
-  gpt.checkpoint_every = 500
+  gpt.checkpoint_every = 475
 
   config = ml_collections.ConfigDict()
   config.vqvae = vqvae
