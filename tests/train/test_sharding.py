@@ -61,9 +61,12 @@ def test_logical_rules_are_first_unused_axis_and_repeats_replicate():
       P(None, None, None, None, ("model", "fsdp"))
   assert sharding.logical_to_mesh_spec(("codebook", "norm")) == P(None, None)
   assert sharding.logical_to_mesh_spec(None) == P()
+  # Scanned layers keep their stacked axis whole; the residual stream is batch-split with whole channels.
+  assert sharding.logical_to_mesh_spec(("layers", "embed", "mlp")) == P(None, "fsdp", "model")
+  assert sharding.logical_to_mesh_spec(("batch", "length", "act_embed")) == P(("data", "fsdp"), None, None)
   names = {name for name, _ in sharding.LOGICAL_AXIS_RULES}
   assert names == {"batch", "length", "embed", "mlp", "heads", "kv", "vocab", "codebook", "conv_in", "conv_out",
-                   "conv_k", "norm"}
+                   "conv_k", "norm", "layers", "act_embed"}
 
 
 def test_state_shardings_follow_names_and_drop_non_dividing_axes():

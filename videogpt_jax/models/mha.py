@@ -81,7 +81,7 @@ def cross_kernel(kernel: str) -> CrossAttendFn:
 
 class Projection(nn.Module):
   """A bias-free projection's `(in, features)` kernel (the parameter `nn.Dense` would hold under the same name),
-  returned rather than applied: several projections of one input then run as one matmul over their concatenated
+  returned rather than applied: several projections of one input then run as one matmul over their stacked
   kernels, which reads the input once instead of once per projection."""
   features: int
   names: tuple[str | None, str | None]
@@ -96,8 +96,8 @@ class Projection(nn.Module):
 class SelfAttention(nn.Module):
   """Causal multi-head self-attention over the raster-flattened latent grid.
 
-  q/k/v projections have no bias (init N(0, 1/sqrt(hidden))) and run as one matmul over their concatenated
-  kernels (the parameters stay the original's `w_qs`, `w_ks`, `w_vs`); the output projection `fc` has a bias
+  q/k/v projections have no bias (init N(0, 1/sqrt(hidden))) and run as one matmul over their stacked kernels
+  (the parameters stay the original's `w_qs`, `w_ks`, `w_vs`); the output projection `fc` has a bias
   (weight init N(0, 1/sqrt(hidden * n_layer))). The mask (full / axial / block-sparse) and the attention kernel are the
   `pattern`'s job; the same weights serve every pattern.
 
