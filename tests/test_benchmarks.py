@@ -49,6 +49,7 @@ def test_unknown_workload_is_refused(tmp_path):
   assert not (tmp_path / "prior_bench_quick.json").exists()
 
 
+@pytest.mark.slow  # ~55 s: three runlocal programs built and timed; run with VIDEOGPT_TESTS=all before lending a GPU
 def test_gpu_suite_runs_the_trainers_steps_and_the_sampler(tmp_path):
   """`gpu_bench.py --quick`: the runlocal configs' train steps and sampler on this backend (CPU here), and the
   table docs/benchmarks.md shows: measured rows of a real run, "not measured" for a quick run or none."""
