@@ -13,7 +13,7 @@ samples from the first frame of every test clip, scores the samples against base
 Why these sizes (docs/demo.md has the log of what was tried and what each gave): the earlier demo's prior, over
 1,024 tokens per clip of two digits at 64x64, saw ~1,200 clips in its 7 minutes and sampled noise (test bits/dim
 2.12). Here a clip is 256 tokens (32x32 frames, one digit), the training split gives 8,000 pre-encoded clips (two
-per 16-frame sequence), and the prior's 1,250 steps of 16 clips are 20,000 clips (5.1M tokens). The digit fills the
+per 16-frame sequence), and the prior's 1,500 steps of 16 clips are 24,000 clips (6.1M tokens). The digit fills the
 frame (40x40 canvas) so that its strokes are 2 pixels wide at 32x32: on the 64x64 canvas they were 1 pixel wide and
 no VQ-VAE tried here reconstructed more than blobs.
 """
@@ -52,19 +52,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # cores). Causal axial attention (each token sees its rows along t, h and w): the same position one latent frame
   # back is one of 4 keys of its row, not one of up to 255, which the prior learns to use in fewer steps (first
   # sampled frame 14.4 -> 16.2 dB at 900 steps), and a step is 27% cheaper than full attention. The model underfits
-  # in a run this short: no dropout. Width 96 rather than 144: a step costs 0.75 as much, and 1,266 steps in the
-  # time of 950 gave lower bits/dim (1.68 vs 1.77-1.84) and the best first sampled frame of the trials (17.2 dB).
-  gpt.model.update(dict(hidden_dim=96, heads=4, layers=4, attn_type="axial", dropout=0.0, attn_dropout=0.0,
+  # in a run this short: no dropout. A smaller prior that takes more steps in the same time fits better here: 4 x 144
+  # with 950 steps reached bits/dim 1.77-1.84 (first sampled frame 16.0-17.0 dB), 4 x 96 with 1,266 steps 1.68
+  # (17.2 dB), 3 x 96 with 1,520 steps 1.57 (18.1 dB); docs/demo.md rows 17-19.
+  gpt.model.update(dict(hidden_dim=96, heads=4, layers=3, attn_type="axial", dropout=0.0, attn_dropout=0.0,
                         n_cond_frames=1, cond_width=32, cond_blocks=(1, 1, 1, 1)))
   gpt.batch_size = 16
   gpt.eval_batch_size = 16
   gpt.lr = 3e-3
   gpt.warmup_steps = 50
-  gpt.total_steps = 1250
+  gpt.total_steps = 1500
   gpt.log_every = 25
   gpt.eval_every = 0
   gpt.eval_options.samples.every = 0
-  gpt.checkpoint_every = 625
+  gpt.checkpoint_every = 750
 
   config = ml_collections.ConfigDict()
   config.vqvae = vqvae
