@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # sampled frame 14.4 -> 16.2 dB at 900 steps), and a step is 27% cheaper than full attention. The model underfits
   # in a run this short: no dropout. A smaller prior that takes more steps in the same time fits better here: 4 x 144
   # with 950 steps reached bits/dim 1.77-1.84 (first sampled frame 16.0-17.0 dB), 4 x 96 with 1,266 steps 1.68
-  # (17.2 dB), 3 x 96 with 1,520 steps 1.57 (18.1 dB); docs/demo.md rows 17-19.
+  # (17.2 dB), 3 x 96 with 1,520 steps 1.57 (18.1 dB); docs/demo.md rows 15-20.
   gpt.model.update(dict(hidden_dim=96, heads=4, layers=3, attn_type="axial", dropout=0.0, attn_dropout=0.0,
                         n_cond_frames=1, cond_width=32, cond_blocks=(1, 1, 1, 1)))
   gpt.batch_size = 16
