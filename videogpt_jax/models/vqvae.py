@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from videogpt_jax.models.axial_attention import AxialBlock
+from videogpt_jax.models.axial_attention import AxialBlock, check_kernel
 from videogpt_jax.models.conv import BatchNorm, SamePadConv3D, SamePadConvTranspose3D
 from videogpt_jax.models import platforms, quantizer
 
@@ -52,11 +52,13 @@ class AttentionResidualBlock(nn.Module):
     attention: end `f` with the AxialBlock (the paper's Moving MNIST model has none).
     conv_impl: `conv_ops` formulation.
     platform: target chip (resolves `conv_impl="auto"`).
+    attn_kernel: the AxialBlock's implementation (`axial_attention.KERNELS`).
   """
   n_hiddens: int
   attention: bool = True
   conv_impl: str = "auto"
   platform: str = "cpu"
+  attn_kernel: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -67,7 +69,7 @@ class AttentionResidualBlock(nn.Module):
     h = SamePadConv3D(self.n_hiddens, 1, name="conv_1", **conv)(h)
     h = nn.relu(BatchNorm(name="norm_2")(h, train))
     if self.attention:
-      h = AxialBlock(n_heads=2, name="attn")(h)
+      h = AxialBlock(n_heads=2, kernel=self.attn_kernel, platform=self.platform, name="attn")(h)
     return x + h
 
 
@@ -85,6 +87,7 @@ class Encoder(nn.Module):
   conv_impl: str = "auto"
   platform: str = "cpu"
   remat: bool = False
+  attn_kernel: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -95,7 +98,8 @@ class Encoder(nn.Module):
     x = SamePadConv3D(self.n_hiddens, 3, impl=self.conv_impl, platform=self.platform, name="conv_last")(x)
     block = _res_block(self.remat)
     for i in range(self.n_res_layers):
-      x = block(self.n_hiddens, self.attention, self.conv_impl, self.platform, name=f"res_{i}")(x, train)
+      x = block(self.n_hiddens, self.attention, self.conv_impl, self.platform, self.attn_kernel,
+                name=f"res_{i}")(x, train)
     return nn.relu(BatchNorm(name="norm")(x, train))
 
 
@@ -108,12 +112,14 @@ class Decoder(nn.Module):
   conv_impl: str = "auto"
   platform: str = "cpu"
   remat: bool = False
+  attn_kernel: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     block = _res_block(self.remat)
     for i in range(self.n_res_layers):
-      x = block(self.n_hiddens, self.attention, self.conv_impl, self.platform, name=f"res_{i}")(x, train)
+      x = block(self.n_hiddens, self.attention, self.conv_impl, self.platform, self.attn_kernel,
+                name=f"res_{i}")(x, train)
     x = nn.relu(BatchNorm(name="norm")(x, train))
     schedule = stride_schedule(self.downsample)
     for i, strides in enumerate(schedule):
@@ -139,6 +145,9 @@ class VQVAE(nn.Module):
     remat: rematerialise each residual block in the backward pass (saves activation memory).
     platform: the chip the program is for (`platforms.PLATFORMS`); with `conv_impl="auto"` it picks the
       formulations (CPU reformulations on "cpu", one XLA convolution elsewhere), whatever host traces the program.
+    attn_kernel: the axial attention's implementation, same parameters (`axial_attention.AxisAttention`): "xla"
+      (the default: parity with the original), "pallas" (one fused Pallas kernel per axis on TPU, the XLA path
+      elsewhere; the `tpu` config argument's choice), "pallas_interpret" (tests).
   """
   embedding_dim: int
   n_codes: int
@@ -149,9 +158,11 @@ class VQVAE(nn.Module):
   attention: bool = True
   remat: bool = False
   platform: str = "cpu"
+  attn_kernel: str = "xla"
 
   def setup(self):
     platforms.check(self.platform, "VQVAE platform")
+    check_kernel(self.attn_kernel)
     if max(_halvings(self.downsample)) < 1:
       raise ValueError(f"downsample must reduce at least one axis, got {tuple(self.downsample)}")
     if self.n_hiddens < 2 or self.n_hiddens % 2:
@@ -162,7 +173,8 @@ class VQVAE(nn.Module):
     if self.n_res_layers < 0:
       raise ValueError(f"n_res_layers must be >= 0, got {self.n_res_layers}")
     stack = dict(n_hiddens=self.n_hiddens, n_res_layers=self.n_res_layers, downsample=tuple(self.downsample),
-                 attention=self.attention, conv_impl=self.conv_impl, platform=self.platform, remat=self.remat)
+                 attention=self.attention, conv_impl=self.conv_impl, platform=self.platform, remat=self.remat,
+                 attn_kernel=self.attn_kernel)
     self.encoder = Encoder(**stack)
     self.pre_vq_conv = SamePadConv3D(self.embedding_dim, 1, impl=self.conv_impl, platform=self.platform)
     # Declared here rather than in a submodule so the `codebook` collection is flat: {embeddings, N, z_avg, ...}.
