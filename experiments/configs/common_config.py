@@ -71,10 +71,14 @@ def tpu(config: ml_collections.ConfigDict) -> None:
   """The `tpu` config argument: how the paper configs run on TPU slices (docs/scaling.md; each is compiled for its
   slice by `benchmarks/tpu_compile.py`). bf16 compute over float32 parameters; a prior also rematerialises each
   block, runs the blocks under `nn.scan` (one layer compiled) and its attention in Pallas splash kernels (which
-  have no attention dropout: the paper configs' sparse attention has none). Parity with the original stays the
-  default (no `tpu`): float32, the XLA attention, the loop form."""
+  have no attention dropout: the paper configs' sparse attention has none); a VQ-VAE runs each axis of its axial
+  attention as one fused Pallas kernel (`axial_kernel`). Parity with the original stays the default (no `tpu`):
+  float32, the XLA attention, the loop form."""
   config.compute_dtype = "bfloat16"
-  if "vqvae_workdir" in config:
+  if "vqvae_workdir" not in config:
+    if config.model.get("attention", True):
+      config.model.attn_kernel = "pallas"
+  else:
     if config.model.attn_dropout:
       raise ValueError("the tpu config argument runs splash attention, which has no attention dropout; "
                        f"this config has attn_dropout={config.model.attn_dropout}")

@@ -35,7 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.resolution = 64
   config.model = ml_collections.ConfigDict(dict(
       embedding_dim=256, n_codes=v["n_codes"], n_hiddens=240, n_res_layers=4, downsample=v["downsample"],
-      attention=True, conv_impl="auto", remat=False))
+      attention=True, conv_impl="auto", remat=False,
+      # The axial attention's implementation: "xla" (parity with the original); `:tpu` picks "pallas", one fused
+      # kernel per axis (videogpt_jax/models/axial_kernel.py), which is the XLA path off TPU.
+      attn_kernel="xla"))
   config.batch_size = 32
   config.lr = v["lr"]
   config.total_steps = 100_000

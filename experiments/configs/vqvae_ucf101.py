@@ -24,7 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.resolution = 128
   config.model = ml_collections.ConfigDict(dict(
       embedding_dim=256, n_codes=2048, n_hiddens=240, n_res_layers=4, downsample=(4, 4, 4), attention=True,
-      conv_impl="auto", remat=False))
+      conv_impl="auto", remat=False,
+      attn_kernel="xla"))  # `:tpu` picks "pallas" (see vqvae_bair.py)
   config.batch_size = 32
   config.lr = 3e-4
   config.total_steps = 100_000
