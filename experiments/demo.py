@@ -40,7 +40,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where everything is writ
 
 # Rows of the printed table and metrics.json keys of the candidates, in order.
 CANDIDATES = {"samples": "prior samples", "reconstruction": "(a) reconstruction", "copy_first": "(b) copy frame 0",
-              "marginal_codes": "(c) marginal codes"}
+              "marginal_codes": "(c) marginal codes", "moved_first": "(d) frame 0 moved"}
 
 
 def _banner(i: int, n: int, text: str) -> None:
@@ -126,7 +126,9 @@ def run(config, workdir: str | os.PathLike) -> dict:
   marginal = demo_metrics.marginal_codes(np.random.default_rng(int(config.seed)), train_codes,
                                          int(config.vqvae.model.n_codes), (n_eval, *gpt.shape))
   videos = {"samples": decode(codes), "reconstruction": decode(recon_codes),
-            "copy_first": np.repeat(real[:, :1], seq_len, axis=1), "marginal_codes": decode(marginal)}
+            "copy_first": np.repeat(real[:, :1], seq_len, axis=1), "marginal_codes": decode(marginal),
+            "moved_first": demo_metrics.moved_first(np.random.default_rng(int(config.seed)), real,
+                                                    demo_metrics.mean_speed(real))}
   scores = demo_metrics.evaluate(real, videos)
   timings["baselines_s"] = time.perf_counter() - t0 - timings["sample_s"]
 

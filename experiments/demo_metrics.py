@@ -73,11 +73,54 @@ def motion_scores(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
   return {"motion_fd": fvd.frechet_distance(real_f, fake_f), "speed": float(speed)}
 
 
+def mean_speed(video: np.ndarray) -> float:
+  """Mean digit speed (px per frame) of `video`."""
+  return float(np.linalg.norm(motion_features(video).reshape(len(video), -1, 2), axis=-1).mean())
+
+
 def evaluate(real: np.ndarray, candidates: Mapping[str, np.ndarray]) -> dict[str, dict]:
-  """Scores of every candidate video set against `real`, plus the real clips' own speed."""
-  out = {name: {**per_frame_scores(real, video), **motion_scores(real, video)} for name, video in candidates.items()}
-  real_speed = np.linalg.norm(motion_features(real).reshape(len(real), -1, 2), axis=-1).mean()
-  out["real"] = {"speed": float(real_speed), "motion_fd": 0.0}
+  """Scores of every candidate video set against `real`, plus the real clips' own speed.
+
+  A candidate may hold k videos per real clip (`k * N` videos, the k-th block for clip i at `k * N + i`): it is
+  scored against the real clips repeated k times.
+  """
+  out = {}
+  for name, video in candidates.items():
+    if len(video) % len(real):
+      raise ValueError(f"candidate {name!r} has {len(video)} videos, not a multiple of the {len(real)} real clips")
+    ref = np.concatenate([real] * (len(video) // len(real)))
+    out[name] = {**per_frame_scores(ref, video), **motion_scores(real, video)}
+  out["real"] = {"speed": mean_speed(real), "motion_fd": 0.0}
+  return out
+
+
+def _shifted(frame: np.ndarray, dy: int, dx: int) -> np.ndarray:
+  """`frame (H, W, C)` moved by whole pixels, the uncovered border black."""
+  out = np.zeros_like(frame)
+  h, w = frame.shape[:2]
+  if abs(dy) < h and abs(dx) < w:
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = frame[max(-dy, 0):h - max(dy, 0),
+                                                                       max(-dx, 0):w - max(dx, 0)]
+  return out
+
+
+def moved_first(rng: np.random.Generator, real: np.ndarray, speed: float, draws: int = 4) -> np.ndarray:
+  """Frame 0 of each clip moved along a straight line at `speed` px per frame in a random direction (`draws`
+  directions per clip, uniform on the circle): `(draws * N, T, H, W, C)` uint8.
+
+  The baseline of a sampler that knows the digit and how fast it moves but not where to, the one thing a single
+  conditioning frame does not tell: a sample that commits to a direction pays for it against the real
+  continuation, where copying frame 0 (no motion) does not. Positions are rounded to whole pixels (no blur); walls
+  are not modelled (the digit slides out of the frame instead of bouncing).
+  """
+  n, t = real.shape[:2]
+  theta = rng.uniform(0.0, 2.0 * np.pi, size=draws * n)
+  out = np.empty((draws * n, *real.shape[1:]), real.dtype)
+  for j, angle in enumerate(theta):
+    step = speed * np.array([np.sin(angle), np.cos(angle)])
+    for k in range(t):
+      dy, dx = np.round(k * step).astype(int)
+      out[j, k] = _shifted(real[j % n, 0], int(dy), int(dx))
   return out
 
 

@@ -6,7 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from experiments import demo
+from experiments import demo, demo_metrics
 from experiments.configs import demo_moving_mnist
 from videogpt_jax.models import sliding_window
 
@@ -46,6 +46,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
   # Copying frame 0 never moves the digit: zero speed, a positive distance to the real trajectories.
   assert saved["scores"]["copy_first"]["speed"] == 0 and saved["scores"]["copy_first"]["motion_fd"] > 0
   assert saved["scores"]["real"]["speed"] > 0
+  # Frame 0 moved at the real clips' mean speed (whole pixels): about that speed.
+  assert saved["scores"]["moved_first"]["speed"] == pytest.approx(saved["scores"]["real"]["speed"], abs=0.5)
   long = saved["samples_long"]
   assert long["frames"] == 2 * t and len(long["psnr"]) == len(long["ssim"]) == 2 * t - 1
   latent_t = t // config.vqvae.model.downsample[0]
@@ -69,3 +71,35 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
   again = demo.run(_config(), tmp_path)
   assert again["train"]["vqvae"]["steps_this_run"] == 0 and again["train"]["gpt"]["steps_this_run"] == 0
   np.testing.assert_allclose(again["prior"]["test_bits_per_dim"], saved["prior"]["test_bits_per_dim"], rtol=1e-6)
+
+
+def _digit_clips(n=6, t=5, size=16):
+  """Clips of a bright 4x4 square moving one pixel per frame right (its centroid is exact)."""
+  clips = np.zeros((n, t, size, size, 3), np.uint8)
+  for i in range(n):
+    for k in range(t):
+      clips[i, k, 4 + i % 3:8 + i % 3, 2 + k:6 + k] = 255
+  return clips
+
+
+def test_moved_first_moves_frame_0_at_the_speed_in_random_directions():
+  real = _digit_clips()
+  moved = demo_metrics.moved_first(np.random.default_rng(0), real, speed=1.0, draws=3)
+  assert moved.shape == (18, *real.shape[1:]) and moved.dtype == np.uint8
+  np.testing.assert_array_equal(moved[:, 0], np.concatenate([real[:, 0]] * 3))  # frame 0 is the given frame
+  steps = np.diff(demo_metrics.centroids(moved), axis=1)
+  np.testing.assert_allclose(np.linalg.norm(steps[:, -1] + steps[:, -2], axis=-1) / 2, 1.0, atol=0.75)
+  directions = np.arctan2(*(demo_metrics.centroids(moved)[:, -1] - demo_metrics.centroids(moved)[:, 0]).T)
+  assert np.ptp(directions) > 1.0  # not one direction for all
+  np.testing.assert_array_equal(demo_metrics._shifted(real[0, 0], 0, 0), real[0, 0])
+  assert not demo_metrics._shifted(real[0, 0], 16, 0).any()  # moved out of the frame entirely
+
+
+def test_evaluate_scores_several_videos_per_clip_against_that_clip():
+  real = _digit_clips()
+  scores = demo_metrics.evaluate(real, {"same": np.concatenate([real, real]), "still": np.repeat(real[:, :1], 5, 1)})
+  assert scores["same"]["psnr"] == [60.0] * 4 and scores["same"]["motion_fd"] == pytest.approx(0, abs=1e-6)
+  assert max(scores["still"]["psnr"]) < 60 and scores["still"]["speed"] == 0
+  assert scores["real"]["speed"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="not a multiple of the 6 real clips"):
+    demo_metrics.evaluate(real, {"odd": real[:4]})
