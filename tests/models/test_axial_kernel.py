@@ -39,6 +39,7 @@ def _value_and_grads(module, params, x):
     ((2, 4, 8, 8, 16), 2, 2),  # H: the axis moved next to the channels
     ((2, 4, 8, 8, 16), 2, 1),  # T: rows of 4
     ((1, 2, 4, 32, 24), 3, 3),  # rows of 32 (BAIR's W), head dim 8 padded to 128 lanes
+    ((4, 4, 8, 16, 16), 2, 3),  # 2,048 tokens: the backward's two halves, each accumulating over two steps
 ])
 def test_kernel_matches_xla_forward_and_gradients(shape, heads, axis):
   x = _x(shape)

@@ -77,7 +77,7 @@ def _forward_kernel(x_ref, wq_ref, wk_ref, wv_ref, wo_ref, bo_ref, out_ref, o_sc
 def _backward_kernel(x_ref, g_ref, wq_ref, wk_ref, wv_ref, wo_ref,
                      dx_ref, dwq_ref, dwk_ref, dwv_ref, dwo_ref, dbo_ref,
                      o_scr, dq_scr, dk_scr, dv_scr, *, length, scale, heads):
-  @pl.when(pl.program_id(0) == 0)
+  @pl.when(pl.program_id(1) == 0)
   def _():
     for ref in (dwq_ref, dwk_ref, dwv_ref, dwo_ref, dbo_ref):
       ref[...] = jnp.zeros(ref.shape, ref.dtype)
@@ -156,28 +156,34 @@ def _call_backward(x, g, wq, wk, wv, wo, *, length, scale, interpret):
   n, c = x.shape
   heads, _, dp = wq.shape
   tb = _tokens_per_step(n)
+  # The weight gradients accumulate across the grid, whose steps then run in order on one core. Two independent
+  # halves, each with its own accumulators (summed here), let a chip with two TensorCores (v4, v5p) split the work.
+  parts = 2 if (n // tb) % 2 == 0 else 1
+  steps = n // tb // parts
   itemsize = x.dtype.itemsize
-  weights = (3 * heads * c * dp + heads * dp * c) * (wq.dtype.itemsize + 4)
+  elems = 4 * heads * c * dp  # of the four weight matrices
   kernel = functools.partial(_backward_kernel, length=length, scale=scale, heads=heads)
-  full = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))
-  f32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-  tokens = pl.BlockSpec((tb, c), lambda i: (i, 0))
-  return pl.pallas_call(
+  full = lambda shape: pl.BlockSpec(shape, lambda p, i: (0,) * len(shape))
+  part = lambda shape: pl.BlockSpec((pl.Squeezed(),) + shape, lambda p, i: (p,) + (0,) * len(shape))
+  f32 = lambda shape: jax.ShapeDtypeStruct((parts,) + shape, jnp.float32)
+  tokens = pl.BlockSpec((tb, c), lambda p, i: (p * steps + i, 0))
+  dx, *dws = pl.pallas_call(
       kernel,
       out_shape=(jax.ShapeDtypeStruct((n, c), x.dtype), f32(wq.shape), f32(wk.shape), f32(wv.shape),
                  f32(wo.shape), f32((1, c))),
-      grid=(n // tb,),
+      grid=(parts, steps),
       in_specs=[tokens, tokens, full(wq.shape), full(wk.shape), full(wv.shape), full(wo.shape)],
-      out_specs=(tokens, full(wq.shape), full(wk.shape), full(wv.shape), full(wo.shape), full((1, c))),
+      out_specs=(tokens, part(wq.shape), part(wk.shape), part(wv.shape), part(wo.shape), part((1, c))),
       scratch_shapes=[pltpu.VMEM((tb, dp), x.dtype) for _ in range(4)],
-      # The weight gradients accumulate across the grid: its steps run in order on one core.
-      compiler_params=pltpu.CompilerParams(dimension_semantics=("arbitrary",)),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
       cost_estimate=pl.CostEstimate(flops=_flops(n, c, dp, heads, backward=True),
                                     transcendentals=n * CHUNK * heads,
-                                    bytes_accessed=3 * n * c * itemsize + weights),
+                                    bytes_accessed=3 * n * c * itemsize + elems * wq.dtype.itemsize
+                                    + 4 * parts * (elems + c)),
       interpret=interpret,
       name="axial_attention_bwd",
   )(x, g, wq, wk, wv, wo)
+  return (dx, *(d.sum(0) for d in dws))
 
 
 def _token_spec(shape):
