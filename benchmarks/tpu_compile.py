@@ -58,7 +58,11 @@ ROWS: dict[str, dict[str, Any]] = {
     "ucf101_prior_cc_v5e256": dict(config=C + "gpt_ucf101.py:classcond,tpu", topology="v5e:16x16",
                                    overrides=["--config.mesh=(32,1,8)"],
                                    note="class-conditional; batch 32 over data=32, heads and MLP over model=8"),
-    # What a pod user would run instead: the batch scaled with the chips (4 clips per chip, as on v5e-8).
+    # What a pod user would run instead: the batch scaled with the chips (the VQ-VAE at 8 clips per chip, as on
+    # v5e-4; the prior at 4, as on v5e-8).
+    "ucf101_vqvae_v5e256_b2048": dict(config=C + "vqvae_ucf101.py:tpu", topology="v5e:16x16",
+                                      overrides=["--config.batch_size=2048", "--config.mesh=(256,1,1)"],
+                                      note="batch 2048 (8 per chip) over data=256"),
     "ucf101_prior_cc_v5e256_b1024": dict(config=C + "gpt_ucf101.py:classcond,tpu", topology="v5e:16x16",
                                          overrides=["--config.batch_size=1024", "--config.mesh=(256,1,1)"],
                                          note="class-conditional; batch 1024 (4 per chip) over data=256"),
