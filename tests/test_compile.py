@@ -198,16 +198,28 @@ def test_suite_table_shows_fit_and_refusal():
                        "8192 | 40 s |")
 
 
+# Prepended to the scripts that compile kernels for TPU: `jax`, `jnp`, `NamedSharding`, `P`, `aot`, and `mesh`, a
+# 4-chip v5e mesh with one `data` axis.
+_V5E_MESH = ("import jax, jax.numpy as jnp\n"
+             "from jax.sharding import NamedSharding, PartitionSpec as P\n"
+             "from videogpt_jax import aot\n"
+             "devices = aot.topology_devices('v5e:2x2')\n"
+             "mesh = jax.make_mesh((4,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)\n")
+
+
+def _on_v5e_mesh(script: str) -> list[str]:
+  """Runs `script` after `_V5E_MESH` in a subprocess with libtpu; its stdout lines (fails on a non-zero exit)."""
+  proc = subprocess.run([sys.executable, "-c", _V5E_MESH + script], cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout.strip().splitlines()
+
+
 @needs_libtpu
 def test_splash_attention_compiles_for_tpu():
   """The real Mosaic kernel (not the interpreter) lowers and compiles from this CPU host, forward and backward, for
   full and sparse attention, inside the shard_map it takes under a mesh: batch split over 4 chips."""
-  script = ("import jax, jax.numpy as jnp\n"
-            "from jax.sharding import NamedSharding, PartitionSpec as P\n"
-            "from videogpt_jax import aot\n"
-            "from videogpt_jax.models import attention_patterns as ap, splash_attention  # noqa: F401\n"
-            "devices = aot.topology_devices('v5e:2x2')\n"
-            "mesh = jax.make_mesh((4,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)\n"
+  script = ("from videogpt_jax.models import attention_patterns as ap, splash_attention  # noqa: F401\n"
             "x = jax.ShapeDtypeStruct((4, 1024, 4, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P('data')))\n"
             "for attn_type in ('full', 'sparse'):\n"
             "  p = ap.make(attn_type, (4, 16, 16), kernel='splash')\n"
@@ -217,12 +229,9 @@ def test_splash_attention_compiles_for_tpu():
             "  compiled = lowered.compile()\n"
             "  print(attn_type, lowered.as_text().count('tpu_custom_call'), compiled.as_text().count('all-gather'),\n"
             "        compiled.memory_analysis().argument_size_in_bytes)\n")
-  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = proc.stdout.strip().splitlines()[-2:]
+  lines = _on_v5e_mesh(script)[-2:]
   # Three Mosaic kernels each (forward, dq, dkv), no gathered batch; each chip holds its quarter of q, k, v.
-  assert lines == [f"{a} 3 0 {3 * 1024 * 4 * 64 * 2}" for a in ("full", "sparse")], proc.stdout[-2000:]
+  assert lines == [f"{a} 3 0 {3 * 1024 * 4 * 64 * 2}" for a in ("full", "sparse")], lines
 
 
 @needs_libtpu
@@ -230,12 +239,7 @@ def test_axial_attention_kernel_compiles_for_tpu():
   """The VQ-VAE's fused axial-attention kernel (Mosaic, not the interpreter) lowers and compiles from this CPU host
   for each axis, forward and backward, inside its shard_map under a 4-chip mesh; the compiler's cost analysis
   counts the flops the kernel declares (the compiler cannot see inside it), and no chip gathers the batch."""
-  script = ("import jax, jax.numpy as jnp\n"
-            "from jax.sharding import NamedSharding, PartitionSpec as P\n"
-            "from videogpt_jax import aot\n"
-            "from videogpt_jax.models import axial_attention, axial_kernel\n"
-            "devices = aot.topology_devices('v5e:2x2')\n"
-            "mesh = jax.make_mesh((4,), ('data',), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)\n"
+  script = ("from videogpt_jax.models import axial_attention, axial_kernel\n"
             "shape = (8, 4, 16, 16, 240)\n"
             "x = jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=NamedSharding(mesh, P('data')))\n"
             "for axis in (3, 2, 1):\n"
@@ -251,12 +255,9 @@ def test_axial_attention_kernel_compiles_for_tpu():
             "axial_kernel._flops(n, 240, 128, 2, backward=True)\n"
             "  print(axis, lowered.as_text().count('tpu_custom_call'), compiled.as_text().count('all-gather'),\n"
             "        int(cost['flops'] >= declared))\n")
-  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = proc.stdout.strip().splitlines()[-3:]
+  lines = _on_v5e_mesh(script)[-3:]
   # Two Mosaic kernels per axis (forward; backward with the weight gradients), the declared flops counted.
-  assert lines == [f"{axis} 2 0 1" for axis in (3, 2, 1)], proc.stdout[-2000:]
+  assert lines == [f"{axis} 2 0 1" for axis in (3, 2, 1)], lines
 
 
 @needs_libtpu

@@ -75,14 +75,13 @@ def tpu(config: ml_collections.ConfigDict) -> None:
   attention as one fused Pallas kernel (`axial_kernel`). Parity with the original stays the default (no `tpu`):
   float32, the XLA attention, the loop form."""
   config.compute_dtype = "bfloat16"
-  if "vqvae_workdir" not in config:
-    if config.model.get("attention", True):
-      config.model.attn_kernel = "pallas"
-  else:
+  if "vqvae_workdir" in config:  # a prior
     if config.model.attn_dropout:
       raise ValueError("the tpu config argument runs splash attention, which has no attention dropout; "
                        f"this config has attn_dropout={config.model.attn_dropout}")
     config.model.update(dict(remat=True, scan_layers=True, attn_kernel="splash"))
+  elif config.model.get("attention", True):  # a VQ-VAE with axial attention
+    config.model.attn_kernel = "pallas"
 
 
 def _tiny_data(config: ml_collections.ConfigDict, dataset: str) -> None:
